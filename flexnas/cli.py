@@ -1,0 +1,339 @@
+"""The ``flexnas`` command line.
+
+Every user error is a ``FlexnasError``: printed as one line, exit status 2, and no
+file that existed before the command is overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from flexnas.errors import FlexnasError
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    COMMANDS[fn.__name__.removeprefix("cmd_")] = fn
+    return fn
+
+
+def _setup_torch(threads: int | None) -> None:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    torch.set_num_threads(threads or max(1, min(2, os.cpu_count() or 1)))
+
+
+def _load(args: argparse.Namespace):
+    from flexnas.problem import get_problem
+
+    overrides: dict[str, Any] = {}
+    if getattr(args, "null_mode", None):
+        overrides["null_mode"] = args.null_mode
+    return get_problem(args.problem, **overrides)
+
+
+def _read_plan(path: str):
+    from flexnas.plan import Plan
+
+    return Plan.load(path)
+
+
+def _new_file(path: str | Path) -> Path:
+    p = Path(path)
+    if p.exists():
+        raise FlexnasError(f"{p} already exists: choose another --out or remove it first")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _positive(name: str, value: int | float | None) -> None:
+    if value is not None and value <= 0:
+        raise FlexnasError(f"--{name} must be positive, got {value}")
+
+
+# --------------------------------------------------------------------------- commands
+@command
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Write a common plan (teacher, DeepCache, step reduction, uniform segments) as JSON."""
+    from flexnas.plan import Plan
+
+    problem = _load(args)
+    s, T, mode = problem.scheduler, problem.T, problem.null_mode
+    chosen = [x for x in ("teacher", "deepcache", "steps", "segments") if getattr(args, x) not in (None, False)]
+    if len(chosen) != 1:
+        raise FlexnasError("give exactly one of --teacher, --deepcache K, --steps T2, --segments N")
+    if args.teacher:
+        plan = Plan.teacher(s, T, mode)
+    elif args.deepcache is not None:
+        if args.branch is None:
+            raise FlexnasError("--deepcache needs --branch B (see 'flexnas branches --problem ...')")
+        plan = Plan.deepcache(s, T, args.deepcache, args.branch, mode)
+    elif args.steps is not None:
+        plan = Plan.step_reduction(s, T, args.steps, mode)
+    else:
+        if args.interval is None:
+            raise FlexnasError("--segments needs --interval K (and --branch B when K > 1)")
+        plan = Plan.uniform(s, T, args.segments, args.interval, args.branch, mode)
+    if any(seg.branch is not None for seg in plan.segments):
+        from flexnas.partial import list_branches
+
+        plan.validate(len(list_branches(problem.load().unet)))
+    plan = plan.with_meta(problem=problem.name)
+    text = plan.to_json()
+    if args.out:
+        _new_file(args.out).write_text(text + "\n")
+    else:
+        print(text)
+    return 0
+
+
+@command
+def cmd_show(args: argparse.Namespace) -> int:
+    """Print a plan's step-kind strip, its step counts and (with --problem) its MACs ratio."""
+    plan = _read_plan(args.plan)
+    print(f"{plan.scheduler}  T={plan.T}  N={plan.N}  L={plan.L}  null mode: {plan.null_mode}")
+    print(plan.strip())
+    c = plan.counts()
+    partial = ", ".join(f"b{b}: {n}" for b, n in c["partial"].items()) or "none"
+    print(f"full {c['full']}  partial {sum(c['partial'].values())} ({partial})  null {c['null']}")
+    if args.problem:
+        from flexnas.macs import MacCounter
+
+        loaded = _load(args).load()
+        plan.validate(len(loaded.branches))
+        macs = MacCounter.for_problem(loaded)
+        print(f"MACs per image {macs.plan_macs(plan) / 1e6:.1f}M  ratio to teacher {macs.ratio(plan):.3f} "
+              f"(speed-up {1 / macs.ratio(plan):.2f}x)")
+    return 0
+
+
+@command
+def cmd_branches(args: argparse.Namespace) -> int:
+    """List the model's skip branches (PARTIAL step positions), shallowest first."""
+    loaded = _load(args).load()
+    for b in loaded.branches:
+        print(f"{b.index}\t{b.name}")
+    return 0
+
+
+@command
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Save a grid of images sampled under a plan (teacher by default)."""
+    from flexnas.report import save_grid
+
+    _positive("images", args.images)
+    out = _new_file(args.out)
+    problem = _load(args)
+    plan = _read_plan(args.plan) if args.plan else None
+    loaded = problem.load()
+    images = loaded.images(plan, n=args.images, seed=args.seed)
+    save_grid(images, out)
+    print(f"wrote {out}")
+    return 0
+
+
+@command
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score one plan: rFID, FID to real images, MACs, MACs ratio and wall-clock time."""
+    from flexnas.objectives import Evaluator
+
+    _positive("images", args.images)
+    if args.wall_images < 0:
+        raise FlexnasError(f"--wall-images must be >= 0, got {args.wall_images}")
+    plan = _read_plan(args.plan)
+    ev = Evaluator(_load(args), images=args.images, extractor=args.extractor, extractor_weights=args.inception_weights)
+    plan.validate(len(ev.loaded.branches))
+    res = ev.evaluate(plan, wall_images=args.wall_images)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        for k, v in res.items():
+            print(f"{k:>14}  {v:.6g}" if isinstance(v, float) else f"{k:>14}  {v}")
+    return 0
+
+
+def _int_list(text: str | None, name: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise FlexnasError(f"--{name} takes comma-separated integers, got {text!r}") from None
+
+
+@command
+def cmd_space(args: argparse.Namespace) -> int:
+    """Print the search space: admissible N, branches, genome length and sizes."""
+    from flexnas.space import SearchSpace
+
+    problem = _load(args)
+    loaded = problem.load()
+    space = SearchSpace.build(problem.scheduler, problem.T, len(loaded.branches),
+                              _int_list(args.segments, "segments"), _int_list(args.branches, "branches"),
+                              problem.null_mode)
+    print(f"problem {problem.name}: {problem.description}")
+    print(space.describe())
+    for b in loaded.branches:
+        print(f"  branch {b.index}: {b.name}")
+    return 0
+
+
+@command
+def cmd_search(args: argparse.Namespace) -> int:
+    """Run (or resume) a GA or NSGA-II search and write the run folder."""
+    import time
+
+    from flexnas.results import write_run_outputs
+    from flexnas.search import CandidateEvaluator, SearchConfig, run_search
+
+    if args.workers is not None and args.workers < 1:
+        raise FlexnasError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers and args.dask:
+        raise FlexnasError("give --workers K or --dask ADDRESS, not both")
+    for name in ("choose", "wall_images", "grid_images"):
+        if getattr(args, name) < 0:
+            raise FlexnasError(f"--{name.replace('_', '-')} must be >= 0")
+    config = SearchConfig(problem=args.problem, algorithm=args.algorithm, pop=args.pop, gens=args.gens,
+                          seed=args.seed, macs_budget=args.macs_budget, images=args.images,
+                          objective=args.objective, segments=_int_list(args.segments, "segments"),
+                          branches=_int_list(args.branches, "branches"), null_mode=args.null_mode,
+                          extractor=args.extractor, extractor_weights=args.inception_weights).validate()
+    out = Path(args.out) if args.out else Path("runs") / f"{args.problem}-{args.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
+    started = time.time()
+    res, problem = run_search(config, out, resume=args.resume, workers=args.workers, dask=args.dask,
+                              progress=not args.quiet, threads=args.threads)
+    evaluator = CandidateEvaluator.get(problem.config, args.threads).evaluator
+    summary = write_run_outputs(res, problem, out, evaluator, n_choose=args.choose, wall_images=args.wall_images,
+                                grid_images=args.grid_images, started=started)
+    best = summary["best"] or {}
+    print(f"evaluated {summary['evaluated']} plans ({summary['cache_hits']} cache hits); denoiser calls "
+          f"{summary['denoiser_calls_made']} made vs {summary['denoiser_calls_naive']} naive")
+    if best:
+        print(f"best: rfid {best['rfid']:.4g}  MACs ratio {best['macs_ratio']:.3f}  {best['strip'][:80]}")
+    print(f"results in {out}/ (front.csv, plans/, pareto.png, grids/, summary.json)")
+    return 0
+
+
+@command
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Redraw a run's Pareto plot from its candidates and front."""
+    from flexnas.report import plot_pareto
+
+    run = Path(args.run)
+    try:
+        records = json.loads((run / "candidates.json").read_text())
+        front = json.loads((run / "front.json").read_text())
+        config = json.loads((run / "run.json").read_text())["config"]
+    except (OSError, ValueError, KeyError) as e:
+        raise FlexnasError(f"{run} is not a complete flexnas run folder ({type(e).__name__}: {e})") from None
+    out = Path(args.out) if args.out else run / "pareto.png"
+    if args.out:
+        _new_file(out)
+    plot_pareto(records, front, out, config["objective"],
+                title=f"{config['problem']} {config['algorithm']} pop {config['pop']} gens {config['gens']}")
+    print(f"wrote {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flexnas", description="Search fast sampling plans for diffusion models.")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: min(2, cores))")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        return sp
+
+    def problem_arg(sp: argparse.ArgumentParser, required: bool = True) -> None:
+        sp.add_argument("--problem", required=required, default=None if required else None,
+                        help="registered problem name (e.g. fashion-mnist) or module:function")
+
+    sp = add("plan", "write a common plan as JSON (stdout, or --out)")
+    problem_arg(sp)
+    sp.add_argument("--teacher", action="store_true", help="every step FULL")
+    sp.add_argument("--deepcache", type=int, metavar="INTERVAL", help="DeepCache uniform: FULL every INTERVAL steps")
+    sp.add_argument("--steps", type=int, metavar="T2", help="plain step reduction to T2 steps")
+    sp.add_argument("--segments", type=int, metavar="N", help="N uniform segments (with --interval, --branch)")
+    sp.add_argument("--branch", type=int, metavar="B")
+    sp.add_argument("--interval", type=int, metavar="K")
+    sp.add_argument("--null-mode", choices=("drop", "reuse"), default=None)
+    sp.add_argument("--out", default=None, help="write to this file instead of stdout (never overwrites)")
+
+    sp = add("show", "print a plan's step strip, counts and MACs ratio")
+    sp.add_argument("plan")
+    problem_arg(sp, required=False)
+
+    sp = add("branches", "list a problem's skip branches")
+    problem_arg(sp)
+
+    sp = add("sample", "save a sample grid for a plan")
+    problem_arg(sp)
+    sp.add_argument("--plan", default=None, help="plan JSON (default: the teacher)")
+    sp.add_argument("--images", type=int, default=64)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", required=True)
+    sp = add("evaluate", "score a plan: rfid, fid_to_real, macs, macs_ratio, wall_s, wall_ratio")
+    problem_arg(sp)
+    sp.add_argument("--plan", required=True)
+    sp.add_argument("--images", type=int, default=None, help="images for rFID (default: the problem's)")
+    sp.add_argument("--wall-images", type=int, default=16, help="images per wall-clock measurement (0: skip)")
+    sp.add_argument("--extractor", default=None, help="torch-fidelity feature extractor (default: the problem's)")
+    sp.add_argument("--inception-weights", default=None, help="local Inception-v3 weights file")
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+    sp = add("space", "print the search space and its size")
+    problem_arg(sp)
+    sp.add_argument("--segments", default=None, help="admissible N, comma-separated (default: divisors of T)")
+    sp.add_argument("--branches", default=None, help="candidate branches, comma-separated (default: all)")
+
+    sp = add("search", "search plans with GA or NSGA-II")
+    problem_arg(sp)
+    sp.add_argument("--algorithm", choices=("nsga2", "ga"), default="nsga2")
+    sp.add_argument("--pop", type=int, default=16)
+    sp.add_argument("--gens", type=int, default=6)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--macs-budget", type=float, default=None, help="GA: MACs ratio bound (e.g. 0.3)")
+    sp.add_argument("--images", type=int, default=None, help="images per rFID (default: the problem's)")
+    sp.add_argument("--objective", choices=("rfid", "fid_to_real"), default="rfid")
+    sp.add_argument("--segments", default=None, help="admissible N, comma-separated (default: divisors of T)")
+    sp.add_argument("--branches", default=None, help="candidate branches, comma-separated (default: all)")
+    sp.add_argument("--null-mode", choices=("drop", "reuse"), default=None)
+    sp.add_argument("--extractor", default=None)
+    sp.add_argument("--inception-weights", default=None)
+    sp.add_argument("--out", default=None, help="run folder (default: runs/PROBLEM-ALGO-TIME); never overwritten")
+    sp.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    sp.add_argument("--workers", type=int, default=None, help="evaluate on a local Dask cluster of K workers")
+    sp.add_argument("--dask", default=None, metavar="ADDRESS", help="evaluate on an existing Dask scheduler")
+    sp.add_argument("--choose", type=int, default=5, help="plans to pick from the front")
+    sp.add_argument("--wall-images", type=int, default=16, help="images per wall-clock measurement (0: skip)")
+    sp.add_argument("--grid-images", type=int, default=16)
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sp = add("plot", "redraw a run's Pareto plot")
+    sp.add_argument("run")
+    sp.add_argument("--out", default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _setup_torch(args.threads)
+        return COMMANDS[args.command](args)
+    except FlexnasError as e:
+        print(f"flexnas: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("flexnas: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Make a stock U-Net and scheduler follow a plan, step by step.
+
+``PlanController`` hooks the U-Net's forward (diffusers ``ModelHook``): at every call
+it looks up the step of the base schedule from the timestep and runs the network FULL,
+PARTIAL at the plan's branch, or not at all (a NULL step in "reuse" mode returns the
+last output). In "drop" mode the NULL timesteps are removed from the scheduler when the
+sampler calls ``set_timesteps(T)``. Because only hooks change, the same controller
+drives flexnas' own sampler loop and a user's stock pipeline (``flexnas.apply``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+
+from flexnas.errors import FlexnasError
+from flexnas.partial import PartialUNet
+from flexnas.plan import Plan, StepKind
+
+HOOK_NAME = "flexnas_plan"
+
+
+@dataclass
+class StepCounter:
+    """Steps executed: FULL and PARTIAL (per branch) network calls, and NULL steps."""
+
+    full: int = 0
+    partial: Counter = field(default_factory=Counter)
+    null: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"full": self.full, "partial": dict(sorted(self.partial.items())), "null": self.null}
+
+    @property
+    def calls(self) -> int:
+        """Network evaluations (FULL + PARTIAL)."""
+        return self.full + sum(self.partial.values())
+
+    def reset(self) -> None:
+        self.full, self.null = 0, 0
+        self.partial.clear()
+
+
+def timestep_key(t: Any) -> float:
+    if torch.is_tensor(t):
+        t = t.flatten()[0].item()
+    return round(float(t), 4)
+
+
+def accepts_custom_timesteps(scheduler: Any) -> bool:
+    return "timesteps" in inspect.signature(scheduler.set_timesteps).parameters
+
+
+def is_ddim(scheduler: Any) -> bool:
+    return type(scheduler).__name__ in ("DDIMScheduler", "DDIMParallelScheduler")
+
+
+class _ControlHook(ModelHook):
+    def __init__(self, controller: "PlanController"):
+        super().__init__()
+        self.controller = controller
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        return self.controller._forward(self.fn_ref.original_forward, *args, **kwargs)
+
+
+class PlanController:
+    """Installs a plan on a U-Net and its scheduler until ``remove()`` (or the end of a ``with``)."""
+
+    def __init__(self, unet: torch.nn.Module, scheduler: Any, plan: Plan):
+        name = type(scheduler).__name__
+        if name != plan.scheduler:
+            raise FlexnasError(f"plan was made for {plan.scheduler} but the scheduler is {name}: use "
+                               f"{plan.scheduler}.from_config(scheduler.config)")
+        has_null = any(s.kind is StepKind.NULL for s in plan.steps)
+        if plan.null_mode == "drop" and has_null and not (is_ddim(scheduler) or accepts_custom_timesteps(scheduler)):
+            raise FlexnasError(f"{name} cannot drop timesteps (its set_timesteps takes no custom timesteps): "
+                               "use null mode 'reuse' for this scheduler")
+        self.unet, self.scheduler, self.plan = unet, scheduler, plan
+        self.steps = plan.steps
+        self.counter = StepCounter()
+        self.partial = PartialUNet(unet)
+        try:
+            plan.validate(self.partial.num_branches)
+        except FlexnasError:
+            self.partial.remove()
+            raise
+        self._last: Any = None
+        self._step_of: dict[float, int] = {}
+        self._next_t: dict[int, int] = {}
+        reg = HookRegistry.check_if_exists_or_initialize(unet)
+        reg.register_hook(_ControlHook(self), HOOK_NAME)
+        self._orig_set_timesteps = scheduler.set_timesteps
+        self._orig_step = scheduler.step
+        scheduler.set_timesteps = self._set_timesteps
+        if plan.null_mode == "drop" and has_null and is_ddim(scheduler):
+            scheduler.step = self._ddim_step
+
+    # ------------------------------------------------------------------ scheduler side
+    def _set_timesteps(self, num_inference_steps: int | None = None, device: Any = None, **kwargs: Any) -> None:
+        if num_inference_steps != self.plan.T:
+            raise FlexnasError(f"the plan's base schedule has T={self.plan.T} steps but the sampler asked for "
+                               f"{num_inference_steps}: call it with num_inference_steps={self.plan.T}")
+        self._orig_set_timesteps(num_inference_steps, device=device, **kwargs)
+        distinct: list[float] = []
+        values: list[Any] = []  # the scheduler's own value of each distinct timestep (int, or float for e.g. Euler)
+        for t in self.scheduler.timesteps:
+            k = timestep_key(t)
+            if not distinct or distinct[-1] != k:
+                distinct.append(k)
+                values.append(t.item() if torch.is_tensor(t) else t)
+        if len(distinct) != self.plan.T:
+            raise FlexnasError(f"{type(self.scheduler).__name__} visits {len(distinct)} distinct timesteps for "
+                               f"T={self.plan.T}; flexnas needs one per step (for PNDM use skip_prk_steps=True, i.e. PLMS)")
+        self._step_of = {k: i for i, k in enumerate(distinct)}
+        self._last = None
+        self.partial.clear()
+        active = self.plan.active_indices()
+        if self.plan.null_mode == "drop" and len(active) < self.plan.T:
+            kept = [distinct[i] for i in active]
+            if is_ddim(self.scheduler):
+                ts = self.scheduler.timesteps
+                self.scheduler.timesteps = torch.tensor(kept, dtype=ts.dtype, device=ts.device)
+                self._next_t = {int(a): int(b) for a, b in zip(kept, kept[1:] + [-1])}
+            else:
+                self._orig_set_timesteps(device=device, timesteps=[values[i] for i in active])
+            self.counter.null += self.plan.T - len(kept)
+
+    def _ddim_step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args: Any,
+                   **kwargs: Any) -> Any:
+        """DDIM's own step, told the real previous timestep when the plan dropped the ones between.
+
+        DDIM derives the previous timestep as ``t - num_train_timesteps // T``; we give that
+        index the cumulative alpha of the next kept timestep for the duration of the call.
+        """
+        s = self.scheduler
+        t = int(timestep_key(timestep))
+        stride = s.config.num_train_timesteps // s.num_inference_steps
+        nxt = self._next_t.get(t, t - stride)
+        if nxt == t - stride or t - stride < 0:
+            return self._orig_step(model_output, timestep, sample, *args, **kwargs)
+        alphas = s.alphas_cumprod
+        patched = alphas.clone()
+        patched[t - stride] = alphas[nxt] if nxt >= 0 else s.final_alpha_cumprod
+        s.alphas_cumprod = patched
+        try:
+            return self._orig_step(model_output, timestep, sample, *args, **kwargs)
+        finally:
+            s.alphas_cumprod = alphas
+
+    def step_index(self, timestep: Any) -> int:
+        """The base-schedule step of ``timestep`` (after ``set_timesteps``)."""
+        key = timestep_key(timestep)
+        if key not in self._step_of:
+            raise FlexnasError(f"timestep {key} is not in the plan's base schedule: call "
+                               f"scheduler.set_timesteps({self.plan.T}) before sampling")
+        return self._step_of[key]
+
+    # ------------------------------------------------------------------ model side
+    def _forward(self, forward: Callable, sample: torch.Tensor, timestep: Any, *args: Any, **kwargs: Any) -> Any:
+        step = self.steps[self.step_index(timestep)]
+        if step.kind is StepKind.NULL:
+            if self._last is None:
+                raise FlexnasError("a NULL step came before any network call")
+            self.counter.null += 1
+            return self._last
+        if step.kind is StepKind.FULL:
+            self.partial.full()
+            self.counter.full += 1
+        else:
+            self.partial.partial(step.branch)
+            self.counter.partial[step.branch] += 1
+        try:
+            out = forward(sample, timestep, *args, **kwargs)
+        finally:
+            self.partial.off()
+        self._last = out
+        return out
+
+    # ------------------------------------------------------------------ lifetime
+    def remove(self) -> None:
+        """Restore the stock U-Net forward and scheduler methods."""
+        if self.partial is None:
+            return
+        HookRegistry.check_if_exists_or_initialize(self.unet).remove_hook(HOOK_NAME, recurse=False)
+        self.partial.remove()
+        self.partial = None
+        for attr in ("set_timesteps", "step"):
+            self.scheduler.__dict__.pop(attr, None)
+
+    def __enter__(self) -> "PlanController":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()

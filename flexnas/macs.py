@@ -1,0 +1,142 @@
+"""MACs of plans, counted with fvcore on the real forward functions.
+
+MACs(FULL) and MACs(PARTIAL at b) are counted once per model, input shape and
+conditioning by tracing the hooked U-Net with ``fvcore.nn.FlopCountAnalysis`` (one fused
+multiply-add = 1), then summed over a plan's steps. fvcore skips
+``scaled_dot_product_attention``; we add a handle so attention matmuls count.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+with warnings.catch_warnings():  # fvcore's import uses the deprecated torch.jit.script
+    warnings.simplefilter("ignore", FutureWarning)
+    from fvcore.nn import FlopCountAnalysis
+    from fvcore.nn.jit_handles import get_shape
+
+from flexnas.partial import PartialUNet
+from flexnas.plan import Plan, StepKind
+
+
+def sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
+    """``softmax(Q K^T) V``: B*H*Lq*Lk*D for the scores plus B*H*Lq*Lk*Dv for the values."""
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    batch_heads = math.prod(q[:-2])
+    return batch_heads * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
+def baddbmm_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
+    """``beta * M + alpha * (A @ B)`` with batched A [b, n, m], B [b, m, p]: b*n*m*p."""
+    a, b = get_shape(inputs[1]), get_shape(inputs[2])
+    return a[0] * a[1] * a[2] * b[2]
+
+
+EXTRA_OP_HANDLES = {
+    "aten::scaled_dot_product_attention": sdpa_flop_jit,
+    "aten::baddbmm": baddbmm_flop_jit,
+}
+
+
+def cache_dir() -> Path:
+    """Where flexnas caches MACs and teacher statistics (``$FLEXNAS_CACHE``, else ~/.cache/flexnas)."""
+    return Path(os.environ.get("FLEXNAS_CACHE", Path.home() / ".cache" / "flexnas"))
+
+
+class _Forward(torch.nn.Module):
+    """The U-Net's forward with fixed conditioning, returning a plain tensor for tracing."""
+
+    def __init__(self, unet: torch.nn.Module, kwargs: dict[str, Any]):
+        super().__init__()
+        self.unet, self.kwargs = unet, kwargs
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t, **self.kwargs, return_dict=False)[0]
+
+
+def count_macs(module: torch.nn.Module, inputs: tuple) -> FlopCountAnalysis:
+    """fvcore analysis of ``module(*inputs)`` with the attention handles added."""
+    analysis = FlopCountAnalysis(module, inputs)
+    for name, fn in EXTRA_OP_HANDLES.items():
+        analysis.set_op_handle(name, fn)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    return analysis
+
+
+@torch.no_grad()
+def count_unet(unet: torch.nn.Module, sample_shape: tuple[int, ...], unet_kwargs: dict[str, Any] | None = None,
+               timestep: int = 500) -> tuple[int, dict[int, int]]:
+    """(MACs of a FULL forward, {branch: MACs of a PARTIAL forward}) for one image."""
+    fwd = _Forward(unet, unet_kwargs or {})
+    x = torch.randn(1, *sample_shape, device=unet.device, dtype=unet.dtype)
+    t = torch.tensor(timestep, device=unet.device)
+    with PartialUNet(unet) as pu, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pu.full()
+        full = int(count_macs(fwd, (x, t)).total())
+        partial = {}
+        for b in range(pu.num_branches):
+            pu.full()
+            fwd(x, t)  # fill the cache at this input, as the FULL step before a PARTIAL one does
+            pu.partial(b)
+            partial[b] = int(count_macs(fwd, (x, t)).total())
+    return full, partial
+
+
+@dataclass
+class MacCounter:
+    """Per-image MACs of FULL and PARTIAL steps; ``cfg_factor`` 2 when guidance doubles the batch."""
+
+    full: int
+    partial: dict[int, int]
+    cfg_factor: int = 1
+
+    def step_macs(self, kind: StepKind, branch: int | None = None) -> int:
+        if kind is StepKind.FULL:
+            return self.cfg_factor * self.full
+        if kind is StepKind.PARTIAL:
+            return self.cfg_factor * self.partial[branch]
+        return 0
+
+    def plan_macs(self, plan: Plan) -> int:
+        """Per-image MACs of the denoiser over the whole plan."""
+        return sum(self.step_macs(s.kind, s.branch) for s in plan.steps)
+
+    def teacher_macs(self, T: int) -> int:
+        return T * self.cfg_factor * self.full
+
+    def ratio(self, plan: Plan) -> float:
+        """Plan MACs / teacher MACs over the same base schedule."""
+        return self.plan_macs(plan) / self.teacher_macs(plan.T)
+
+    @classmethod
+    def for_problem(cls, loaded: Any) -> "MacCounter":
+        """Counted once per model identity, resolution and conditioning; cached on disk."""
+        cond = loaded.conditioning(0, 1)
+        kwargs = cond.unet_kwargs()
+        if cond.cfg:  # one image's conditional half; the doubled batch is cfg_factor
+            kwargs = {"encoder_hidden_states": cond.prompt_embeds[:1]}
+        key = f"{loaded.identity}-{'x'.join(map(str, loaded.sample_shape))}-{sorted(kwargs)}"
+        path = cache_dir() / "macs" / f"{_slug(key)}.json"
+        if path.is_file():
+            d = json.loads(path.read_text())
+            full, partial = d["full"], {int(k): v for k, v in d["partial"].items()}
+        else:
+            full, partial = count_unet(loaded.unet, loaded.sample_shape, kwargs)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"key": key, "full": full, "partial": partial}))
+        return cls(full, partial, 2 if cond.cfg else 1)
+
+
+def _slug(key: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(key.encode()).hexdigest()[:20]

@@ -1,0 +1,107 @@
+"""pymoo operators that respect segments: every genome they return is valid and canonical.
+
+The space is read from ``problem.space`` (a ``SearchSpace``), as pymoo operators read
+bounds from the problem.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pymoo.core.crossover import Crossover
+from pymoo.core.duplicate import DuplicateElimination
+from pymoo.core.mutation import Mutation
+from pymoo.core.sampling import Sampling
+
+from flexnas.space import SearchSpace
+
+
+def _space(problem) -> SearchSpace:
+    return problem.space
+
+
+class FlexSampling(Sampling):
+    """Initial population: the teacher plan, DeepCache-like uniform plans, then random genomes."""
+
+    def _do(self, problem, n_samples, *args, random_state=None, **kwargs):
+        sp = _space(problem)
+        rng = random_state
+        seeds: list[np.ndarray] = []
+        if sp.T in sp.Ns:  # the teacher: every step FULL
+            seeds.append(sp.join(sp.T, np.zeros(sp.T, int), np.ones(sp.T, int)))
+        # DeepCache-like: all steps active, PARTIAL at one branch between FULL steps
+        uniform = [(n, bi) for n in sp.Ns if sp.T // n > 1 for bi in range(len(sp.branches))]
+        for j in rng.permutation(len(uniform)):
+            n, bi = uniform[j]
+            seeds.append(sp.join(n, np.full(n, bi), np.full(n, sp.T // n)))
+        X = seeds[:n_samples]
+        while len(X) < n_samples:
+            X.append(sp.random(rng))
+        return np.array(X, dtype=int)
+
+
+class SegmentMutation(Mutation):
+    """Redraws whole segments' (branch, interval) jointly, or changes N and re-maps segments."""
+
+    def __init__(self, prob: float = 1.0, prob_change_n: float = 0.2, **kwargs):
+        super().__init__(prob=prob, **kwargs)
+        self.prob_change_n = prob_change_n
+
+    def _do(self, problem, X, *args, random_state=None, **kwargs):
+        sp, rng = _space(problem), random_state
+        out = np.empty_like(X)
+        for i, x in enumerate(X):
+            n, b, k = sp.split(x)
+            if len(sp.Ns) > 1 and rng.random() < self.prob_change_n:
+                others = [m for m in sp.Ns if m != n]
+                out[i] = sp.remap(x, others[int(rng.integers(len(others)))])
+                continue
+            L = sp.T // n
+            redraw = rng.random(n) < 1.0 / n
+            redraw[int(rng.integers(n))] = True  # at least one segment changes
+            b, k = b.copy(), k.copy()
+            b[redraw] = rng.integers(0, len(sp.branches), redraw.sum())
+            k[redraw] = rng.integers(1, L + 1, redraw.sum())
+            out[i] = sp.join(n, b, k)
+        return out
+
+
+class SegmentCrossover(Crossover):
+    """One-point crossover at a segment boundary; a parent with another N is re-mapped first."""
+
+    def __init__(self, **kwargs):
+        super().__init__(n_parents=2, n_offsprings=2, **kwargs)
+
+    def _do(self, problem, X, *args, random_state=None, **kwargs):
+        sp, rng = _space(problem), random_state
+        _, n_matings, _ = X.shape
+        Q = np.empty((2, n_matings, sp.n_var), dtype=X.dtype)
+        for m in range(n_matings):
+            p1, p2 = X[0, m], X[1, m]
+            for o, (a, c) in enumerate(((p1, p2), (p2, p1))):
+                n = sp.split(a)[0]
+                c = sp.remap(c, n) if sp.split(c)[0] != n else c
+                _, ba, ka = sp.split(a)
+                _, bc, kc = sp.split(c)
+                cut = int(rng.integers(1, n)) if n > 1 else 0
+                Q[o, m] = sp.join(n, np.concatenate([ba[:cut], bc[cut:]]), np.concatenate([ka[:cut], kc[cut:]]))
+        return Q
+
+
+class CanonicalDuplicateElimination(DuplicateElimination):
+    """Two genomes are duplicates when their canonical forms (hence their plans) are equal."""
+
+    def __init__(self, space: SearchSpace):
+        super().__init__()
+        self.space = space
+
+    def _do(self, pop, other, is_duplicate):
+        seen = set()
+        if other is not None:
+            seen.update(self.space.key(ind.X) for ind in other)
+        for i, ind in enumerate(pop):
+            key = self.space.key(ind.X)
+            if key in seen:
+                is_duplicate[i] = True
+            else:
+                seen.add(key)
+        return is_duplicate

@@ -1,0 +1,223 @@
+"""Problems: a model plus everything needed to sample and score it the same way every time.
+
+Problem definitions live outside the library (``problems/`` or any package) and reach
+flexnas through the ``flexnas.problems`` entry-point group, or as ``module:function``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from flexnas.engine import PlanController, StepCounter, is_ddim
+from flexnas.errors import FlexnasError
+from flexnas.partial import list_branches
+from flexnas.plan import Plan
+from flexnas.sampler import Conditioning, initial_noise, sample, to_images
+
+ENTRY_POINT_GROUP = "flexnas.problems"
+
+
+@dataclass
+class Problem:
+    """How to load a model and sample it for search and evaluation."""
+
+    name: str
+    load_pipeline: Callable[[], Any]
+    scheduler: str = "DDIMScheduler"
+    scheduler_kwargs: dict = field(default_factory=dict)
+    T: int = 100
+    num_images: int = 64
+    seed: int = 0
+    batch_size: int = 64
+    eta: float = 0.0
+    null_mode: str = "drop"
+    class_labels: list[int] | None = None
+    guidance_scale: float = 1.0
+    encode_prompts: Callable[[Any, int, int], Conditioning] | None = None  # (pipeline, start, stop)
+    feature_extractor: str = "inception-v3-compat"
+    feature_extractor_weights: str | None = None
+    real_statistics: Path | None = None
+    branches: tuple[int, ...] | None = None
+    description: str = ""
+
+    def load(self, device: str = "cpu") -> "LoadedProblem":
+        return LoadedProblem(self, device)
+
+    def teacher_plan(self) -> Plan:
+        return Plan.teacher(self.scheduler, self.T, self.null_mode).with_meta(problem=self.name)
+
+
+class LoadedProblem:
+    """A problem with its pipeline in memory: generates images for any plan from fixed noise."""
+
+    def __init__(self, problem: Problem, device: str = "cpu"):
+        import diffusers
+
+        self.problem = problem
+        self.device = torch.device(device)
+        self.pipeline = problem.load_pipeline()
+        self.unet = getattr(self.pipeline, "unet", None)
+        if self.unet is None:
+            raise FlexnasError(f"problem {problem.name}: the pipeline has no 'unet' denoiser; flexnas supports "
+                               "UNet2DModel and UNet2DConditionModel")
+        self.unet.to(self.device).eval()
+        self.branches = list_branches(self.unet)
+        cls = getattr(diffusers, problem.scheduler, None)
+        if cls is None:
+            raise FlexnasError(f"unknown scheduler {problem.scheduler!r}: name a diffusers scheduler class")
+        self.scheduler = cls.from_config(self.pipeline.scheduler.config, **problem.scheduler_kwargs)
+        self.vae = getattr(self.pipeline, "vae", None) or getattr(self.pipeline, "vqvae", None)
+        cfg = self.unet.config
+        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+        self.sample_shape = (cfg.in_channels, size, size)
+        self._identity: str | None = None
+
+    @property
+    def identity(self) -> str:
+        """A short hash of the U-Net weights and config: the model part of cache keys."""
+        if self._identity is None:
+            h = hashlib.sha256(repr(sorted(dict(self.unet.config).items())).encode())
+            for k, v in sorted(self.unet.state_dict().items()):
+                h.update(k.encode())
+                h.update(v.detach().cpu().contiguous().numpy().tobytes())
+            self._identity = h.hexdigest()[:16]
+        return self._identity
+
+    def conditioning(self, start: int, stop: int) -> Conditioning:
+        p = self.problem
+        if p.encode_prompts is not None:
+            return p.encode_prompts(self.pipeline, start, stop)
+        if p.class_labels:
+            labels = torch.tensor([p.class_labels[i % len(p.class_labels)] for i in range(start, stop)],
+                                  device=self.device)
+            return Conditioning(class_labels=labels)
+        return Conditioning()
+
+    def batches(self, n: int) -> list[tuple[int, int]]:
+        bs = self.problem.batch_size
+        return [(s, min(s + bs, n)) for s in range(0, n, bs)]
+
+    def noise(self, start: int, stop: int, seed: int) -> tuple[torch.Tensor, torch.Generator]:
+        """Initial noise of images ``start..stop``: batch ``b`` draws from ``Generator(seed + b)``."""
+        g = torch.Generator(self.device).manual_seed(seed + start // self.problem.batch_size)
+        return initial_noise((stop - start, *self.sample_shape), g, self.device, self.unet.dtype), g
+
+    @torch.no_grad()
+    def latents(self, plan: Plan | None, n: int | None = None, seed: int | None = None,
+                counter: StepCounter | None = None, prefixes: "PrefixStore | None" = None) -> torch.Tensor:
+        """Final latents of ``n`` images under ``plan`` (None = teacher), from the problem's fixed noise.
+
+        With a ``prefixes`` store (stateless schedulers such as DDIM), a plan whose leading
+        segments equal an earlier plan's starts from the latents stored at that boundary.
+        """
+        p = self.problem
+        n = p.num_images if n is None else n
+        seed = p.seed if seed is None else seed
+        if n < 1:
+            raise FlexnasError(f"number of images must be at least 1, got {n}")
+        plan = plan or p.teacher_plan()
+        if prefixes is not None and not is_ddim(self.scheduler):
+            prefixes = None  # a multistep scheduler's state is more than the latents
+        out = []
+        with PlanController(self.unet, self.scheduler, plan) as ctl:
+            for start, stop in self.batches(n):
+                noise, g = self.noise(start, stop, seed)
+                batch_key = (seed, start, stop)
+                start_step, start_x = 0, None
+                if prefixes is not None:
+                    hit = prefixes.longest(plan, batch_key)
+                    if hit is not None:
+                        start_step, start_x, g_state = hit
+                        g.set_state(g_state)
+
+                def on_step(i: int, x: torch.Tensor, g: torch.Generator = g, batch_key: tuple = batch_key) -> None:
+                    if prefixes is not None and i % plan.L == 0 and i > start_step:
+                        prefixes.put(plan, i // plan.L, batch_key, x, g.get_state())
+
+                out.append(sample(self.unet, self.scheduler, p.T, plan=plan, noise=noise, generator=g,
+                                  cond=self.conditioning(start, stop), eta=p.eta, counter=counter, controller=ctl,
+                                  start_step=start_step, start_x=start_x, on_step=on_step))
+        return torch.cat(out)
+
+    def images(self, plan: Plan | None, n: int | None = None, seed: int | None = None,
+               counter: StepCounter | None = None) -> torch.Tensor:
+        """Images in [0, 1], shape [n, C, H, W]."""
+        return to_images(self.latents(plan, n, seed, counter), self.vae)
+
+
+class PrefixStore:
+    """Latents at segment boundaries, keyed by the plan's leading segments (LRU, bounded in bytes).
+
+    Candidates sharing their first ``s`` segments share the sampler state at the start of
+    segment ``s``: the FULL step that opens it refills the feature cache, so only the
+    latents (and the generator state, for stochastic samplers) need storing.
+    """
+
+    def __init__(self, max_bytes: int = 512 * 2**20):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._items: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.hits = 0
+        self.steps_saved = 0  # base steps not re-run thanks to a hit
+
+    @staticmethod
+    def _key(plan: Plan, s: int, batch_key: tuple) -> tuple:
+        return (plan.scheduler, plan.T, plan.N, plan.null_mode, plan.segments[:s], batch_key)
+
+    def put(self, plan: Plan, s: int, batch_key: tuple, x: torch.Tensor, g_state: torch.Tensor) -> None:
+        key = self._key(plan, s, batch_key)
+        if key in self._items:
+            self._items.move_to_end(key)
+            return
+        x = x.detach().clone()
+        self._items[key] = (x, g_state)
+        self.bytes += x.numel() * x.element_size()
+        while self.bytes > self.max_bytes and self._items:
+            old, _ = self._items.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+
+    def longest(self, plan: Plan, batch_key: tuple) -> tuple[int, torch.Tensor, torch.Tensor] | None:
+        """(base step, latents, generator state) at the deepest stored boundary of ``plan``."""
+        for s in range(plan.N - 1, 0, -1):
+            item = self._items.get(self._key(plan, s, batch_key))
+            if item is not None:
+                self._items.move_to_end(self._key(plan, s, batch_key))
+                self.hits += 1
+                self.steps_saved += s * plan.L
+                return s * plan.L, item[0].clone(), item[1]
+        return None
+
+
+def _problem_from_spec(spec: str) -> Callable[[], Problem]:
+    module, _, attr = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise FlexnasError(f"cannot load problem {spec!r}: {e}") from None
+
+
+def available_problems() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def get_problem(name: str, **overrides: Any) -> Problem:
+    """A problem by registered name (``flexnas.problems`` entry points) or ``module:function``."""
+    eps = available_problems()
+    if name in eps:
+        factory = eps[name].load()
+    elif ":" in name:
+        factory = _problem_from_spec(name)
+    else:
+        known = ", ".join(sorted(eps)) or "none installed"
+        raise FlexnasError(f"unknown problem {name!r}: choose one of {known}, or give module:function")
+    problem = factory(**overrides)
+    if not isinstance(problem, Problem):
+        raise FlexnasError(f"problem factory {name!r} returned {type(problem).__name__}, not a flexnas Problem")
+    return problem

@@ -1,0 +1,122 @@
+"""One plan-driven sampler loop over any diffusers scheduler.
+
+The loop is the one diffusers' own pipelines run (noise, ``set_timesteps``, U-Net,
+optional classifier-free guidance, ``scheduler.step``); the plan acts through the hooks
+of ``PlanController``, so an all-FULL plan reproduces the stock pipeline exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from flexnas.engine import PlanController, StepCounter
+from flexnas.plan import Plan
+
+
+@dataclass
+class Conditioning:
+    """What the denoiser is conditioned on; all fields optional.
+
+    ``prompt_embeds``/``negative_prompt_embeds`` are text-encoder outputs ``[B, L, D]``;
+    with ``guidance_scale > 1`` both halves go through the U-Net in one batched call.
+    """
+
+    class_labels: torch.Tensor | None = None
+    prompt_embeds: torch.Tensor | None = None
+    negative_prompt_embeds: torch.Tensor | None = None
+    guidance_scale: float = 1.0
+
+    @property
+    def cfg(self) -> bool:
+        return self.prompt_embeds is not None and self.guidance_scale > 1.0
+
+    def unet_kwargs(self) -> dict[str, Any]:
+        if self.prompt_embeds is not None:
+            emb = torch.cat([self.negative_prompt_embeds, self.prompt_embeds]) if self.cfg else self.prompt_embeds
+            return {"encoder_hidden_states": emb}
+        if self.class_labels is not None:
+            return {"class_labels": self.class_labels}
+        return {}
+
+    def select(self, idx: slice) -> "Conditioning":
+        """The conditioning of a slice of the batch."""
+        pick = lambda t: None if t is None else t[idx]  # noqa: E731
+        return Conditioning(pick(self.class_labels), pick(self.prompt_embeds), pick(self.negative_prompt_embeds),
+                            self.guidance_scale)
+
+
+def step_kwargs(scheduler: Any, eta: float, generator: torch.Generator | None) -> dict[str, Any]:
+    """Keyword arguments the scheduler's ``step`` accepts, as diffusers pipelines pass them."""
+    params = inspect.signature(scheduler.step).parameters
+    kw: dict[str, Any] = {}
+    if "eta" in params:
+        kw["eta"] = eta
+    if "generator" in params:
+        kw["generator"] = generator
+    return kw
+
+
+def initial_noise(shape: tuple[int, ...], generator: torch.Generator | None, device: Any = "cpu",
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return randn_tensor(shape, generator=generator, device=torch.device(device), dtype=dtype)
+
+
+@torch.no_grad()
+def sample(unet: torch.nn.Module, scheduler: Any, T: int, shape: tuple[int, ...] | None = None, *,
+           plan: Plan | None = None, noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+           cond: Conditioning | None = None, eta: float = 0.0, counter: StepCounter | None = None,
+           controller: PlanController | None = None, start_step: int = 0, start_x: torch.Tensor | None = None,
+           on_step: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Run the sampler for ``T`` base steps under ``plan`` (None = stock) and return the final latents.
+
+    Noise is ``noise`` if given, else drawn from ``generator`` exactly as diffusers
+    pipelines draw it; stochastic schedulers draw their step noise from the same generator.
+    A ``controller`` already installed for ``plan`` is reused (cheaper than re-hooking).
+    With a plan, ``on_step(i, x)`` sees the latents before base step ``i``, and
+    ``start_step``/``start_x`` resume from latents stored there (stateless schedulers only).
+    """
+    cond = cond or Conditioning()
+    if noise is None:
+        noise = initial_noise(shape, generator, unet.device, unet.dtype)
+    own = controller is None and plan is not None
+    ctx = PlanController(unet, scheduler, plan) if own else contextlib.nullcontext(controller)
+    with ctx as ctl:
+        scheduler.set_timesteps(T)
+        x = noise * scheduler.init_noise_sigma if start_x is None else start_x
+        kw, skw = cond.unet_kwargs(), step_kwargs(scheduler, eta, generator)
+        for t in scheduler.timesteps:
+            if ctl is not None:
+                i = ctl.step_index(t)
+                if i < start_step:
+                    continue
+                if on_step is not None:
+                    on_step(i, x)
+            model_in = torch.cat([x] * 2) if cond.cfg else x
+            model_in = scheduler.scale_model_input(model_in, t)
+            out = unet(model_in, t, **kw, return_dict=False)[0]
+            if cond.cfg:
+                uncond, text = out.chunk(2)
+                out = uncond + cond.guidance_scale * (text - uncond)
+            x = scheduler.step(out, t, x, **skw, return_dict=False)[0]
+        if counter is not None and ctl is not None:
+            c = ctl.counter
+            counter.full += c.full
+            counter.partial.update(c.partial)
+            counter.null += c.null
+            c.reset()
+    return x
+
+
+def to_images(x: torch.Tensor, vae: Any = None) -> torch.Tensor:
+    """Final latents to images in [0, 1] (decoding through ``vae`` for latent models)."""
+    if vae is not None:
+        scale = getattr(vae.config, "scaling_factor", 1.0)
+        with torch.no_grad():
+            x = vae.decode(x / scale, return_dict=False)[0]
+    return (x / 2 + 0.5).clamp(0, 1)

@@ -1,0 +1,352 @@
+"""The search: a pymoo problem over plan genomes, run by GA or NSGA-II through ``minimize``.
+
+Evaluation is the expensive part, so it is never repeated: an evaluation cache (one
+line per canonical genome in the run folder) answers known genomes, and a prefix store
+lets a candidate start from the latents of an earlier one with the same leading
+segments. Uncached genomes are evaluated in-process, or on Dask workers through
+pymoo's ``DaskParallelization``; each worker process loads the model once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pymoo.core.callback import Callback
+from pymoo.core.problem import Problem as PymooProblem
+from pymoo.termination.max_gen import MaximumGenerationTermination
+
+from flexnas.engine import StepCounter
+from flexnas.errors import FlexnasError
+from flexnas.objectives import Evaluator
+from flexnas.operators import CanonicalDuplicateElimination, FlexSampling, SegmentCrossover, SegmentMutation
+from flexnas.plan import Plan
+from flexnas.problem import PrefixStore, get_problem
+from flexnas.space import SearchSpace
+
+ALGORITHMS = ("nsga2", "ga")
+OBJECTIVES = ("rfid", "fid_to_real")
+INF_SCORE = 1e9  # what pymoo sees for a diverged candidate (rfid = inf in the records)
+
+
+@dataclass
+class SearchConfig:
+    """Everything a run depends on; saved as ``run.json`` and checked on ``--resume``."""
+
+    problem: str = "fashion-mnist"
+    algorithm: str = "nsga2"
+    pop: int = 16
+    gens: int = 6
+    seed: int = 0
+    macs_budget: float | None = None
+    images: int | None = None
+    objective: str = "rfid"
+    segments: list[int] | None = None
+    branches: list[int] | None = None
+    null_mode: str | None = None
+    extractor: str | None = None
+    extractor_weights: str | None = None
+    overrides: dict = field(default_factory=dict)
+
+    def validate(self) -> "SearchConfig":
+        if self.algorithm not in ALGORITHMS:
+            raise FlexnasError(f"--algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        if self.objective not in OBJECTIVES:
+            raise FlexnasError(f"--objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.pop < 2:
+            raise FlexnasError(f"--pop must be at least 2, got {self.pop}")
+        if self.gens < 1:
+            raise FlexnasError(f"--gens must be at least 1, got {self.gens}")
+        if self.images is not None and self.images < 2:
+            raise FlexnasError(f"--images must be at least 2 (rFID needs a covariance), got {self.images}")
+        if self.algorithm == "ga":
+            if self.macs_budget is None:
+                raise FlexnasError("--algorithm ga needs --macs-budget X (MACs ratio to the teacher, 0 < X <= 1)")
+        if self.macs_budget is not None and not 0 < self.macs_budget <= 1:
+            raise FlexnasError(f"--macs-budget must be in (0, 1], got {self.macs_budget}")
+        return self
+
+    def problem_overrides(self) -> dict[str, Any]:
+        o = dict(self.overrides)
+        if self.null_mode:
+            o["null_mode"] = self.null_mode
+        return o
+
+
+# --------------------------------------------------------------------------- worker side
+_EVALUATORS: dict[str, "CandidateEvaluator"] = {}
+
+
+class CandidateEvaluator:
+    """Loads a problem once per process and scores plans; keeps that process's prefix store."""
+
+    def __init__(self, config: SearchConfig):
+        self.config = config
+        problem = get_problem(config.problem, **config.problem_overrides())
+        self.evaluator = Evaluator(problem, images=config.images, extractor=config.extractor,
+                                   extractor_weights=config.extractor_weights)
+        self.loaded = self.evaluator.loaded
+        self.prefixes = PrefixStore()
+
+    @classmethod
+    def get(cls, config: SearchConfig, threads: int | None = None) -> "CandidateEvaluator":
+        key = json.dumps(asdict(config), sort_keys=True, default=str)
+        if key not in _EVALUATORS:
+            if threads:
+                import torch
+
+                torch.set_num_threads(threads)
+            _EVALUATORS[key] = cls(config)
+        return _EVALUATORS[key]
+
+    def evaluate(self, plan: Plan) -> dict[str, Any]:
+        counter = StepCounter()
+        t0 = time.perf_counter()
+        latents = self.loaded.latents(plan, n=self.evaluator.n, counter=counter, prefixes=self.prefixes)
+        ev = self.evaluator
+        rfid = ev.rfid_of_latents(latents)
+        real = ev.fid_to_real_of_latents(latents)
+        n_batches = len(self.loaded.batches(ev.n))
+        return {
+            "rfid": round(rfid, 6) if math.isfinite(rfid) else math.inf,
+            "fid_to_real": None if real is None else (round(real, 6) if math.isfinite(real) else math.inf),
+            "macs": ev.macs.plan_macs(plan),
+            "macs_ratio": ev.macs.ratio(plan),
+            "eval_s": round(time.perf_counter() - t0, 3),
+            "calls": counter.calls,
+            "naive_calls": len(plan.active_indices()) * n_batches,
+        }
+
+
+@dataclass
+class EvalTask:
+    """Picklable unit of work for pymoo's runners: genome -> result dict."""
+
+    config: SearchConfig
+    space: SearchSpace
+    threads: int | None = None
+
+    def __call__(self, x: np.ndarray) -> dict[str, Any]:
+        ev = CandidateEvaluator.get(self.config, self.threads)
+        return ev.evaluate(self.space.decode(x))
+
+
+# --------------------------------------------------------------------------- pymoo problem
+class EvalCache:
+    """Canonical genome -> result, persisted as JSON lines in the run folder."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.records: dict[str, dict[str, Any]] = {}
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    r = json.loads(line)
+                    self.records[r["key"]] = r
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.records[record["key"]] = record
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def genome_key(x: np.ndarray) -> str:
+    return ",".join(str(int(v)) for v in x)
+
+
+class FlexProblem(PymooProblem):
+    """Minimise (objective, MACs ratio) [NSGA-II] or objective s.t. MACs ratio <= budget [GA]."""
+
+    def __init__(self, space: SearchSpace, config: SearchConfig, run_dir: Path):
+        ga = config.algorithm == "ga"
+        xl, xu = space.bounds()
+        super().__init__(n_var=space.n_var, n_obj=1 if ga else 2, n_ieq_constr=1 if ga else 0,
+                         xl=xl, xu=xu, vtype=int)
+        self.space, self.config, self.run_dir = space, config, run_dir
+        self.generation = 1
+        self.requested_total = 0  # evaluations pymoo asked for (cache hits included)
+        self.naive_total = 0  # denoiser calls those would cost without cache and prefix reuse
+        self.attach()
+
+    def attach(self, runner: Any = None, threads: int | None = None) -> None:
+        """(Re)connect what a pickle does not carry: the runner and the evaluation cache."""
+        self.runner = runner
+        self.task = EvalTask(self.config, self.space, threads=1 if runner is not None else threads)
+        self.cache = EvalCache(self.run_dir / "evaluations.jsonl")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for k in ("runner", "cache", "task"):
+            state.pop(k, None)
+        return state
+
+    def _evaluate(self, X, out, *args, **kwargs):
+        X = np.asarray(X, dtype=int)
+        keys = [genome_key(self.space.canonical(x)) for x in X]
+        todo = sorted({k for k in keys if k not in self.cache.records})
+        genomes = [np.array([int(v) for v in k.split(",")]) for k in todo]
+        results = self.runner(self.task, genomes) if self.runner is not None and genomes else \
+            [self.task(g) for g in genomes]
+        for key, g, r in zip(todo, genomes, results):
+            plan = self.space.decode(g)
+            self.cache.add({"key": key, "generation": self.generation, "genome": [int(v) for v in g],
+                            "plan": plan.to_dict(), "strip": plan.strip(), **r})
+        recs = [self.cache.records[k] for k in keys]
+        self.requested_total += len(keys)
+        self.naive_total += sum(r["naive_calls"] for r in recs)
+        obj = np.array([r[self.config.objective] if r[self.config.objective] is not None else math.inf
+                        for r in recs], dtype=float)
+        obj = np.where(np.isfinite(obj), obj, INF_SCORE)
+        macs = np.array([r["macs_ratio"] for r in recs], dtype=float)
+        if self.config.algorithm == "ga":
+            out["F"] = obj[:, None]
+            out["G"] = (macs - self.config.macs_budget)[:, None]
+        else:
+            out["F"] = np.stack([obj, macs], axis=1)
+
+
+def make_algorithm(space: SearchSpace, config: SearchConfig):
+    from pymoo.algorithms.moo.nsga2 import NSGA2
+    from pymoo.algorithms.soo.nonconvex.ga import GA
+
+    kw = dict(pop_size=config.pop, sampling=FlexSampling(), crossover=SegmentCrossover(),
+              mutation=SegmentMutation(), eliminate_duplicates=CanonicalDuplicateElimination(space))
+    return GA(**kw) if config.algorithm == "ga" else NSGA2(**kw)
+
+
+# --------------------------------------------------------------------------- checkpoints
+class Checkpoint(Callback):
+    """After every generation: pickle the algorithm atomically and update the progress bar."""
+
+    def __init__(self, path: Path, progress: bool = True):
+        super().__init__()
+        self.path, self.progress, self.bar, self.t0 = path, progress, None, time.time()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["bar"] = None
+        return state
+
+    def notify(self, algorithm) -> None:
+        problem = algorithm.problem
+        problem.generation = algorithm.n_gen + 1
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("wb") as f:
+            pickle.dump(algorithm, f)
+        os.replace(tmp, self.path)
+        if self.bar is not None:
+            F = algorithm.opt.get("F")
+            self.bar.set_postfix_str(f"best {problem.config.objective} {np.min(F[:, 0]):.4g}  front {len(F)}  "
+                                     f"elapsed {time.time() - self.t0:.0f}s", refresh=False)
+            self.bar.update(1)
+
+
+def load_checkpoint(path: Path):
+    if not path.is_file():
+        raise FlexnasError(f"no checkpoint at {path}: nothing to resume (start a new run without --resume)")
+    try:
+        with path.open("rb") as f:
+            return pickle.load(f)
+    except Exception as e:  # noqa: BLE001 - any unreadable pickle gets the same advice
+        raise FlexnasError(f"checkpoint {path} is corrupt ({type(e).__name__}): restart the run in a new "
+                           "--out folder") from None
+
+
+# --------------------------------------------------------------------------- the run
+def connect_runner(workers: int | None, dask: str | None):
+    """pymoo's Dask runner on a new LocalCluster (``workers``) or an existing scheduler (``dask``)."""
+    if not workers and not dask:
+        return None, None
+    from distributed import Client, LocalCluster
+    from pymoo.parallelization.dask import DaskParallelization
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if dask:
+        try:
+            client = Client(dask, timeout=10)
+        except (OSError, TimeoutError) as e:
+            raise FlexnasError(f"cannot reach the Dask scheduler at {dask} ({type(e).__name__}): start it with "
+                               "'dask scheduler' or check the address") from None
+        return DaskParallelization(client), _Closer(client)
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    client = Client(cluster)
+    return DaskParallelization(client), _Closer(client, cluster)
+
+
+@dataclass
+class _Closer:
+    client: Any
+    cluster: Any = None
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def prepare_run_dir(out: Path, resume: bool) -> None:
+    if resume:
+        if not out.is_dir():
+            raise FlexnasError(f"--resume: run folder {out} does not exist")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise FlexnasError(f"run folder {out} already exists: pass --resume to continue it, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def run_search(config: SearchConfig, out: Path, resume: bool = False, workers: int | None = None,
+               dask: str | None = None, progress: bool = True, threads: int | None = None):
+    """Run (or resume) a search into ``out``; returns the pymoo result."""
+    from tqdm.auto import tqdm
+
+    config.validate()
+    out = Path(out)
+    prepare_run_dir(out, resume)
+    ckpt_path = out / "checkpoint.pkl"
+    if resume:
+        algorithm = load_checkpoint(ckpt_path)
+        problem = algorithm.problem
+        problem.config.gens = config.gens  # a resumed run keeps its own settings; only gens may grow
+        config = problem.config
+    else:
+        base = get_problem(config.problem, **config.problem_overrides())
+        num_branches = len(base.load().branches) if (workers or dask) else \
+            len(CandidateEvaluator.get(config, threads).loaded.branches)
+        space = SearchSpace.build(base.scheduler, base.T, num_branches, config.segments, config.branches,
+                                  base.null_mode)
+        problem = FlexProblem(space, config, out)
+        algorithm = make_algorithm(space, config)
+        (out / "run.json").write_text(json.dumps({"config": asdict(config), "space": asdict(space)}, indent=2,
+                                                 default=str))
+    # the teacher's statistics are computed once, here, before any worker needs them
+    CandidateEvaluator.get(config, threads).evaluator.ensure_teacher()
+    runner, closer = connect_runner(workers, dask)
+    try:
+        problem.attach(runner, threads)
+        from pymoo.optimize import minimize
+
+        cb = Checkpoint(ckpt_path, progress)
+        done = algorithm.n_gen if resume and algorithm.n_gen else 0
+        if progress:
+            cb.bar = tqdm(total=config.gens, initial=min(done, config.gens), desc=f"{config.algorithm} gens",
+                          unit="gen", dynamic_ncols=True)
+        if resume:
+            algorithm.callback = cb
+            algorithm.termination = MaximumGenerationTermination(config.gens)
+            res = minimize(problem, algorithm, copy_algorithm=False)
+        else:
+            res = minimize(problem, algorithm, MaximumGenerationTermination(config.gens), seed=config.seed,
+                           callback=cb, copy_algorithm=False, verbose=False)
+        if cb.bar is not None:
+            cb.bar.close()
+    finally:
+        if closer is not None:
+            closer.close()
+    return res, problem

@@ -1,0 +1,168 @@
+"""The segment-wise search space and its integer genome (DESIGN.md, section 3).
+
+Genome = ``[n_index, b_1..b_Smax, k_1..k_Smax]``: ``n_index`` picks N among the admissible
+segment counts, ``b_s`` indexes the candidate branches and ``k_s`` is segment ``s``'s
+interval. Genes of segments beyond N are inactive; canonical genomes set them to
+(b=0, k=1), and set ``b_s = 0`` where ``k_s = 1`` (no PARTIAL step uses the branch), so
+two genomes decode to the same plan exactly when their canonical forms are equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from flexnas.errors import FlexnasError
+from flexnas.plan import Plan, Segment, divisors
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    scheduler: str
+    T: int
+    Ns: tuple[int, ...]
+    branches: tuple[int, ...]
+    null_mode: str = "drop"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "Ns", tuple(sorted(set(int(n) for n in self.Ns))))
+        object.__setattr__(self, "branches", tuple(sorted(set(int(b) for b in self.branches))))
+        if not self.Ns:
+            raise FlexnasError("the search space needs at least one segment count N")
+        bad = [n for n in self.Ns if n < 1 or self.T % n]
+        if bad:
+            raise FlexnasError(f"segment counts {bad} do not divide T={self.T}: admissible N are {divisors(self.T)}")
+        if not self.branches or min(self.branches) < 0:
+            raise FlexnasError("the search space needs at least one branch, all >= 0")
+
+    @classmethod
+    def build(cls, scheduler: str, T: int, num_branches: int, Ns: list[int] | None = None,
+              branches: list[int] | None = None, null_mode: str = "drop") -> "SearchSpace":
+        """Default: every divisor of T, every branch of the model."""
+        branches = list(range(num_branches)) if branches is None else branches
+        bad = [b for b in branches if not 0 <= b < num_branches]
+        if bad:
+            raise FlexnasError(f"branches {bad} do not exist: the model has branches 0..{num_branches - 1}")
+        return cls(scheduler, T, tuple(Ns or divisors(T)), tuple(branches), null_mode)
+
+    # ------------------------------------------------------------------ genome layout
+    @property
+    def smax(self) -> int:
+        return max(self.Ns)
+
+    @property
+    def n_var(self) -> int:
+        return 1 + 2 * self.smax
+
+    @property
+    def lmax(self) -> int:
+        return self.T // min(self.Ns)
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        s = self.smax
+        xl = np.concatenate([[0], np.zeros(s), np.ones(s)]).astype(int)
+        xu = np.concatenate([[len(self.Ns) - 1], np.full(s, len(self.branches) - 1), np.full(s, self.lmax)]).astype(int)
+        return xl, xu
+
+    def split(self, x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+        """(N, branch genes, interval genes) of the active segments."""
+        n = self.Ns[int(x[0])]
+        s = self.smax
+        return n, np.asarray(x[1:1 + n], dtype=int), np.asarray(x[1 + s:1 + s + n], dtype=int)
+
+    def join(self, n: int, b: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """The canonical genome of N segments with branch genes ``b`` and intervals ``k``."""
+        s = self.smax
+        x = np.zeros(self.n_var, dtype=int)
+        x[0] = self.Ns.index(n)
+        x[1 + s:] = 1
+        k = np.asarray(k, dtype=int)
+        x[1:1 + n] = np.where(k > 1, b, 0)
+        x[1 + s:1 + s + n] = k
+        return x
+
+    # ------------------------------------------------------------------ validity
+    def is_valid(self, x: np.ndarray) -> bool:
+        x = np.asarray(x)
+        if x.shape != (self.n_var,) or not 0 <= x[0] < len(self.Ns):
+            return False
+        n, b, k = self.split(x)
+        L = self.T // n
+        return bool(np.all((k >= 1) & (k <= L)) and np.all((b >= 0) & (b < len(self.branches))))
+
+    def canonical(self, x: np.ndarray) -> np.ndarray:
+        """Inactive genes fixed, branch genes of interval-1 segments zeroed."""
+        if not self.is_valid(x):
+            raise FlexnasError(f"genome {list(np.asarray(x))} is not valid in this space")
+        n, b, k = self.split(x)
+        return self.join(n, b, k)
+
+    def is_canonical(self, x: np.ndarray) -> bool:
+        return self.is_valid(x) and np.array_equal(np.asarray(x, dtype=int), self.canonical(x))
+
+    # ------------------------------------------------------------------ decode / encode
+    def decode(self, x: np.ndarray) -> Plan:
+        """Genome -> plan (pure)."""
+        if not self.is_valid(x):
+            raise FlexnasError(f"genome {list(np.asarray(x))} is not valid in this space")
+        n, b, k = self.split(x)
+        segs = tuple(Segment(int(ki), self.branches[int(bi)] if ki > 1 else None) for bi, ki in zip(b, k))
+        return Plan(self.scheduler, self.T, segs, self.null_mode)
+
+    def encode(self, plan: Plan) -> np.ndarray:
+        """Plan -> canonical genome (inverse of ``decode`` on canonical genomes)."""
+        if plan.scheduler != self.scheduler or plan.T != self.T:
+            raise FlexnasError(f"plan ({plan.scheduler}, T={plan.T}) is not in this space "
+                               f"({self.scheduler}, T={self.T})")
+        if plan.N not in self.Ns:
+            raise FlexnasError(f"plan has N={plan.N} segments; this space admits N in {list(self.Ns)}")
+        b = []
+        for s in plan.segments:
+            if s.branch is not None and s.branch not in self.branches:
+                raise FlexnasError(f"plan uses branch {s.branch}; this space has branches {list(self.branches)}")
+            b.append(self.branches.index(s.branch) if s.branch is not None else 0)
+        return self.join(plan.N, np.array(b), np.array([s.interval for s in plan.segments]))
+
+    def key(self, x: np.ndarray) -> tuple[int, ...]:
+        """Hashable identity of a genome's plan."""
+        return tuple(int(v) for v in self.canonical(x))
+
+    # ------------------------------------------------------------------ random genomes
+    def random(self, rng: np.random.Generator, n: int | None = None) -> np.ndarray:
+        """A uniformly drawn valid canonical genome (N uniform over the admissible ones)."""
+        n = n if n is not None else self.Ns[int(rng.integers(len(self.Ns)))]
+        L = self.T // n
+        return self.join(n, rng.integers(0, len(self.branches), n), rng.integers(1, L + 1, n))
+
+    def remap(self, x: np.ndarray, n_new: int) -> np.ndarray:
+        """Change N, mapping each new segment to the old one at the same place in time."""
+        n, b, k = self.split(x)
+        L, L_new = self.T // n, self.T // n_new
+        src = (np.arange(n_new) * n) // n_new
+        k_new = np.clip(np.round(k[src] * L_new / L).astype(int), 1, L_new)
+        return self.join(n_new, b[src], k_new)
+
+    # ------------------------------------------------------------------ size
+    def size_segment_wise(self) -> int:
+        """sum over N of (B * L)^N: genomes of the segment-wise space (DESIGN.md)."""
+        B = len(self.branches)
+        return sum((B * (self.T // n)) ** n for n in self.Ns)
+
+    def size_distinct_plans(self) -> int:
+        """Distinct plans: a segment has 1 + B * (L - 1) choices (interval 1 needs no branch)."""
+        B = len(self.branches)
+        return sum((1 + B * (self.T // n - 1)) ** n for n in self.Ns)
+
+    def size_step_wise(self) -> int:
+        """K^T for a step-wise search with K = FULL, NULL and PARTIAL at each branch."""
+        return (2 + len(self.branches)) ** self.T
+
+    def describe(self) -> str:
+        f = lambda v: f"{v:.3e}" if v > 10**6 else str(v)  # noqa: E731
+        return (f"{self.scheduler} T={self.T}  N in {list(self.Ns)}  branches {list(self.branches)}  "
+                f"null mode {self.null_mode}\n"
+                f"genome length {self.n_var}\n"
+                f"segment-wise size  sum_N (B*L)^N = {f(self.size_segment_wise())}  "
+                f"(distinct plans {f(self.size_distinct_plans())})\n"
+                f"step-wise size     (2+B)^T       = {f(self.size_step_wise())}")

@@ -1,0 +1,419 @@
+"""Plan controller and sampler: exactness against stock diffusers pipelines, null modes, counting."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (DDIMPipeline, DDIMScheduler, DDPMPipeline, DPMSolverMultistepScheduler, PNDMPipeline,
+                       PNDMScheduler)
+
+from flexnas.engine import PlanController, StepCounter
+from flexnas.errors import FlexnasError
+from flexnas.plan import Plan, Segment
+from flexnas.sampler import Conditioning, sample, to_images
+
+T = 10
+B = 2
+SHAPE = (B, 1, 28, 28)
+
+SCHEDULERS = {
+    "DDIMScheduler": lambda cfg: DDIMScheduler.from_config(cfg),
+    "PNDMScheduler": lambda cfg: PNDMScheduler.from_config(cfg, skip_prk_steps=True),  # PLMS
+    "DPMSolverMultistepScheduler": lambda cfg: DPMSolverMultistepScheduler.from_config(cfg),  # DPM-Solver++
+}
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def as_tensor(images) -> torch.Tensor:
+    """Pipeline images (pt [B,C,H,W] or np [B,H,W,C]) as a [B,C,H,W] tensor."""
+    if isinstance(images, np.ndarray):
+        return torch.from_numpy(images).permute(0, 3, 1, 2)
+    return images
+
+
+def maxdiff(a, b) -> float:
+    return (as_tensor(a).float() - as_tensor(b).float()).abs().max().item()
+
+
+def mixed_plan(scheduler="DDIMScheduler", null_mode="drop"):
+    """Partial and null steps, ending on a NULL step."""
+    plan = Plan(scheduler, T, (Segment(2, 1), Segment(1), Segment(2, 3), Segment(1), Segment(1)), null_mode)
+    assert plan.strip() == "F p1 F . F p3 F . F ."
+    return plan
+
+
+def uniform_plan(scheduler="DDIMScheduler", null_mode="drop"):
+    return Plan.uniform(scheduler, T, 2, 3, 2, null_mode)  # F p2 p2 . . F p2 p2 . .
+
+
+# ----------------------------------------------------------------------------- teacher == stock pipeline
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_teacher_matches_ddim_pipeline(embedded_unet, scheduler_config, eta):
+    pipe = DDIMPipeline(embedded_unet, DDIMScheduler.from_config(scheduler_config))
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(batch_size=B, generator=gen(0), eta=eta, num_inference_steps=T, output_type="pt").images
+    x = sample(embedded_unet, DDIMScheduler.from_config(scheduler_config), T, SHAPE,
+               plan=Plan.teacher("DDIMScheduler", T), generator=gen(0), eta=eta)
+    assert ref.shape == SHAPE
+    assert maxdiff(to_images(x), ref) <= 1e-5
+    # and the stock loop without a plan is the same
+    x0 = sample(embedded_unet, DDIMScheduler.from_config(scheduler_config), T, SHAPE, generator=gen(0), eta=eta)
+    assert maxdiff(x0, x) <= 1e-6
+
+
+def test_eta_changes_ddim_output(embedded_unet, scheduler_config):
+    """Sanity: with eta > 0 the step noise matters, so the eta=0.5 match above is not vacuous."""
+    plan = Plan.teacher("DDIMScheduler", T)
+    a = sample(embedded_unet, DDIMScheduler.from_config(scheduler_config), T, SHAPE, plan=plan, generator=gen(0))
+    b = sample(embedded_unet, DDIMScheduler.from_config(scheduler_config), T, SHAPE, plan=plan, generator=gen(0),
+               eta=0.5)
+    c = sample(embedded_unet, DDIMScheduler.from_config(scheduler_config), T, SHAPE, plan=plan, generator=gen(0),
+               eta=0.5, noise=torch.randn(SHAPE, generator=gen(0)))  # same start, other step noise
+    assert maxdiff(a, b) > 1e-3 and maxdiff(b, c) > 1e-3
+
+
+def test_teacher_matches_plms_pipeline(embedded_unet, scheduler_config):
+    pipe = PNDMPipeline(embedded_unet, SCHEDULERS["PNDMScheduler"](scheduler_config))
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.scheduler.config.skip_prk_steps
+    ref = pipe(batch_size=B, generator=gen(0), num_inference_steps=T, output_type="np").images
+    x = sample(embedded_unet, SCHEDULERS["PNDMScheduler"](scheduler_config), T, SHAPE,
+               plan=Plan.teacher("PNDMScheduler", T), generator=gen(0))
+    assert maxdiff(to_images(x), ref) <= 1e-5
+
+
+def test_teacher_matches_dpmsolver_pipeline(embedded_unet, scheduler_config):
+    pipe = DDPMPipeline(embedded_unet, SCHEDULERS["DPMSolverMultistepScheduler"](scheduler_config))
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.scheduler.config.algorithm_type == "dpmsolver++"
+    ref = pipe(batch_size=B, generator=gen(0), num_inference_steps=T, output_type="np").images
+    x = sample(embedded_unet, SCHEDULERS["DPMSolverMultistepScheduler"](scheduler_config), T, SHAPE,
+               plan=Plan.teacher("DPMSolverMultistepScheduler", T), generator=gen(0))
+    assert maxdiff(to_images(x), ref) <= 1e-5
+
+
+# ----------------------------------------------------------------------------- tiny Stable Diffusion
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_teacher_matches_stable_diffusion_pipeline(tiny_sd, name):
+    pipe = tiny_sd
+    assert pipe.safety_checker is None
+    make = {"DDIMScheduler": lambda c: DDIMScheduler.from_config(c),
+            "PNDMScheduler": lambda c: PNDMScheduler.from_config(c, skip_prk_steps=True),
+            "DPMSolverMultistepScheduler": lambda c: DPMSolverMultistepScheduler.from_config(c)}[name]
+    config = pipe.scheduler.config
+    pipe.scheduler = make(config)
+    prompt = "abc xyz cat"
+    ref = pipe(prompt, num_inference_steps=T, guidance_scale=7.5, generator=gen(0), output_type="latent").images
+
+    prompt_embeds, negative_prompt_embeds = pipe.encode_prompt(prompt, torch.device("cpu"), 1, True, "")
+    unet = pipe.unet
+    size = unet.config.sample_size
+    cond = Conditioning(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+                        guidance_scale=7.5)
+    assert cond.cfg
+    x = sample(unet, make(config), T, (1, unet.config.in_channels, size, size),
+               plan=Plan.teacher(name, T), generator=gen(0), cond=cond)
+    assert ref.shape == x.shape == (1, 4, size, size)
+    assert maxdiff(x, ref) <= 1e-5
+    # guidance matters (the prompt really conditions the tiny model)
+    x1 = sample(unet, make(config), T, (1, 4, size, size), plan=Plan.teacher(name, T), generator=gen(0),
+                cond=Conditioning(prompt_embeds=prompt_embeds))
+    assert maxdiff(x1, ref) > 1e-4
+
+
+def test_stable_diffusion_partial_plan_runs(tiny_sd):
+    """A DeepCache plan on the conditional U-Net with CFG: PARTIAL at every branch runs and differs."""
+    pipe = tiny_sd
+    pe, ne = pipe.encode_prompt("abc", torch.device("cpu"), 1, True, "")
+    cond = Conditioning(prompt_embeds=pe, negative_prompt_embeds=ne, guidance_scale=7.5)
+    teacher = sample(pipe.unet, DDIMScheduler.from_config(pipe.scheduler.config), T, (1, 4, 8, 8),
+                     plan=Plan.teacher("DDIMScheduler", T), generator=gen(0), cond=cond)
+    for b in range(4):
+        c = StepCounter()
+        x = sample(pipe.unet, DDIMScheduler.from_config(pipe.scheduler.config), T, (1, 4, 8, 8),
+                   plan=Plan.deepcache("DDIMScheduler", T, 5, b), generator=gen(0), cond=cond, counter=c)
+        assert torch.isfinite(x).all()
+        assert c.as_dict() == {"full": 2, "partial": {b: 8}, "null": 0}
+        assert maxdiff(x, teacher) > 0
+
+
+# ----------------------------------------------------------------------------- null modes
+@pytest.mark.parametrize("make_plan", [mixed_plan, uniform_plan, lambda s, m: Plan.step_reduction(s, T, 5, m)])
+def test_ddim_drop_equals_reuse(embedded_unet, scheduler_config, make_plan):
+    outs = {}
+    for mode in ("drop", "reuse"):
+        plan = make_plan("DDIMScheduler", mode)
+        assert plan.counts()["null"] > 0
+        outs[mode] = sample(embedded_unet, DDIMScheduler.from_config(scheduler_config), T, SHAPE, plan=plan,
+                            generator=gen(0))
+    assert maxdiff(to_images(outs["drop"]), to_images(outs["reuse"])) <= 1e-4
+    assert maxdiff(outs["drop"], outs["reuse"]) <= 1e-4
+    teacher = sample(embedded_unet, DDIMScheduler.from_config(scheduler_config), T, SHAPE,
+                     plan=Plan.teacher("DDIMScheduler", T), generator=gen(0))
+    assert maxdiff(outs["drop"], teacher) > 1e-3  # the plan did change something
+
+
+def test_ddim_drop_restores_scheduler(embedded_unet, scheduler_config):
+    sched = DDIMScheduler.from_config(scheduler_config)
+    plan = mixed_plan()
+    with PlanController(embedded_unet, sched, plan):
+        sched.set_timesteps(T)
+        assert sched.timesteps.tolist() == [900, 800, 700, 500, 400, 300, 100]  # F p1 F . F p3 F . F .
+    sched.set_timesteps(T)
+    assert sched.timesteps.tolist() == list(range(900, -1, -100))
+    assert "step" not in sched.__dict__ and "set_timesteps" not in sched.__dict__
+
+
+def test_dpmsolver_drop_runs(embedded_unet, scheduler_config):
+    plan = mixed_plan("DPMSolverMultistepScheduler", "drop")
+    c = StepCounter()
+    calls = []
+    h = embedded_unet.register_forward_hook(lambda m, i, o: calls.append(1))
+    try:
+        x = sample(embedded_unet, SCHEDULERS["DPMSolverMultistepScheduler"](scheduler_config), T, SHAPE, plan=plan,
+                   generator=gen(0), counter=c)
+    finally:
+        h.remove()
+    assert torch.isfinite(x).all()
+    assert c.as_dict() == plan.counts()
+    assert len(calls) == len(plan.active_indices())
+
+
+def test_dpmsolver_drop_step_reduction_equals_custom_timesteps(embedded_unet, scheduler_config):
+    """Dropping NULL steps of an all-FULL plan == DPM-Solver++ run on the kept timesteps only."""
+    plan = Plan.step_reduction("DPMSolverMultistepScheduler", T, 5, "drop")
+    x = sample(embedded_unet, SCHEDULERS["DPMSolverMultistepScheduler"](scheduler_config), T, SHAPE, plan=plan,
+               generator=gen(0))
+    sched = SCHEDULERS["DPMSolverMultistepScheduler"](scheduler_config)
+    sched.set_timesteps(T)
+    kept = [int(t) for t in sched.timesteps[::2]]
+    sched.set_timesteps(timesteps=kept)
+    ref = torch.randn(SHAPE, generator=gen(0)) * sched.init_noise_sigma
+    with torch.no_grad():
+        for t in sched.timesteps:
+            ref = sched.step(embedded_unet(sched.scale_model_input(ref, t), t).sample, t, ref).prev_sample
+    assert maxdiff(x, ref) <= 1e-5
+
+
+def test_pndm_drop_needs_reuse(embedded_unet, scheduler_config):
+    sched = SCHEDULERS["PNDMScheduler"](scheduler_config)
+    clone = copy.deepcopy(embedded_unet)
+    with pytest.raises(FlexnasError, match="reuse"):
+        PlanController(embedded_unet, sched, mixed_plan("PNDMScheduler", "drop"))
+    with pytest.raises(FlexnasError, match="reuse"):
+        sample(embedded_unet, sched, T, SHAPE, plan=uniform_plan("PNDMScheduler", "drop"), generator=gen(0))
+    # an all-FULL drop plan drops nothing, so PNDM accepts it
+    PlanController(embedded_unet, sched, Plan.teacher("PNDMScheduler", T)).remove()
+    # reuse works
+    c = StepCounter()
+    x = sample(embedded_unet, sched, T, SHAPE, plan=mixed_plan("PNDMScheduler", "reuse"), generator=gen(0),
+               counter=c)
+    assert torch.isfinite(x).all()
+    assert c.full + sum(c.partial.values()) >= len(mixed_plan().active_indices())
+    # nothing is left hooked
+    xin = torch.randn(SHAPE, generator=gen(5))
+    with torch.no_grad():
+        assert torch.equal(embedded_unet(xin, 300).sample, clone(xin, 300).sample)
+
+
+def test_pndm_with_prk_steps_is_refused(embedded_unet, scheduler_config):
+    sched = PNDMScheduler.from_config(scheduler_config)  # PRK warm-up visits extra timesteps
+    with pytest.raises(FlexnasError, match="skip_prk_steps=True"):
+        sample(embedded_unet, sched, T, SHAPE, plan=Plan.teacher("PNDMScheduler", T, "reuse"), generator=gen(0))
+
+
+def test_scheduler_mismatch(embedded_unet, scheduler_config):
+    with pytest.raises(FlexnasError, match="plan was made for DDIMScheduler but the scheduler is PNDMScheduler"):
+        PlanController(embedded_unet, SCHEDULERS["PNDMScheduler"](scheduler_config), Plan.teacher("DDIMScheduler", T))
+    with pytest.raises(FlexnasError, match="DDIMScheduler"):
+        sample(embedded_unet, SCHEDULERS["PNDMScheduler"](scheduler_config), T, SHAPE,
+               plan=uniform_plan("DDIMScheduler", "reuse"), generator=gen(0))
+
+
+def test_set_timesteps_with_other_t(embedded_unet, scheduler_config):
+    clone = copy.deepcopy(embedded_unet)
+    sched = DDIMScheduler.from_config(scheduler_config)
+    with PlanController(embedded_unet, sched, uniform_plan()):
+        with pytest.raises(FlexnasError, match=r"T=10 steps but the sampler asked for 20"):
+            sched.set_timesteps(20)
+    with pytest.raises(FlexnasError, match="num_inference_steps=10"):
+        sample(embedded_unet, sched, 5, SHAPE, plan=uniform_plan(), generator=gen(0))
+    # the failed run unhooked the model and scheduler again
+    assert "set_timesteps" not in sched.__dict__
+    xin = torch.randn(SHAPE, generator=gen(5))
+    with torch.no_grad():
+        assert torch.equal(embedded_unet(xin, 300).sample, clone(xin, 300).sample)
+
+
+def test_branch_beyond_model_is_refused(embedded_unet, scheduler_config):
+    clone = copy.deepcopy(embedded_unet)
+    with pytest.raises(FlexnasError, match="branch 6 does not exist"):
+        PlanController(embedded_unet, DDIMScheduler.from_config(scheduler_config),
+                       Plan.uniform("DDIMScheduler", T, 2, 2, 6))
+    # no hook is left behind: the model can be hooked again and runs stock
+    PlanController(embedded_unet, DDIMScheduler.from_config(scheduler_config), uniform_plan()).remove()
+    xin = torch.randn(SHAPE, generator=gen(5))
+    with torch.no_grad():
+        assert torch.equal(embedded_unet(xin, 300).sample, clone(xin, 300).sample)
+
+
+# ----------------------------------------------------------------------------- fewer deep evaluations
+@pytest.mark.parametrize("null_mode", ["reuse", "drop"])
+def test_plan_runs_deep_blocks_less(embedded_unet, scheduler_config, count_calls, null_mode):
+    unet = embedded_unet
+    counts = count_calls({
+        "conv_in": unet.conv_in,
+        "mid": unet.mid_block.resnets[0].conv1,
+        "up0": unet.up_blocks[0].resnets[0].conv1,        # consumes skip 5
+        "up1": unet.up_blocks[1].resnets[1].conv1,        # consumes skip 2
+        "up2": unet.up_blocks[2].resnets[0].conv1,        # consumes skip 1
+        "conv_out": unet.conv_out,
+    })
+    sched = DDIMScheduler.from_config(scheduler_config)
+    sample(unet, sched, T, SHAPE, plan=Plan.teacher("DDIMScheduler", T, null_mode), generator=gen(0))
+    assert counts == dict.fromkeys(counts, T)
+    for k in counts:
+        counts[k] = 0
+
+    plan = mixed_plan("DDIMScheduler", null_mode)  # F p1 F . F p3 F . F .
+    assert plan.counts() == {"full": 5, "partial": {1: 1, 3: 1}, "null": 3}
+    c = StepCounter()
+    sample(unet, sched, T, SHAPE, plan=plan, generator=gen(0), counter=c)
+    assert c.as_dict() == plan.counts()
+    assert c.calls == 7
+    # mid/up0 run at FULL steps only; up1 (skip 2) also at p3; up2 (skip 1) at every network call
+    assert counts == {"conv_in": 7, "mid": 5, "up0": 5, "up1": 6, "up2": 7, "conv_out": 7}
+    assert counts["mid"] < T
+
+
+@pytest.mark.parametrize("null_mode", ["reuse", "drop"])
+def test_controller_counter(embedded_unet, scheduler_config, null_mode):
+    sched = DDIMScheduler.from_config(scheduler_config)
+    plan = uniform_plan("DDIMScheduler", null_mode)
+    with PlanController(embedded_unet, sched, plan) as ctl:
+        sample(embedded_unet, sched, T, SHAPE, plan=plan, generator=gen(0), controller=ctl)
+        assert ctl.counter.as_dict() == plan.counts() == {"full": 2, "partial": {2: 4}, "null": 4}
+        # with counter=..., the controller's tally moves into the caller's counter
+        c = StepCounter()
+        sample(embedded_unet, sched, T, SHAPE, plan=plan, generator=gen(0), controller=ctl, counter=c)
+        assert c.as_dict() == {"full": 4, "partial": {2: 8}, "null": 8}
+        assert ctl.counter.as_dict() == {"full": 0, "partial": {}, "null": 0}
+
+
+def test_reused_controller_gives_same_result(embedded_unet, scheduler_config):
+    sched = DDIMScheduler.from_config(scheduler_config)
+    plan = mixed_plan("DDIMScheduler", "drop")
+    fresh = sample(embedded_unet, DDIMScheduler.from_config(scheduler_config), T, SHAPE, plan=plan, generator=gen(0))
+    with PlanController(embedded_unet, sched, plan) as ctl:
+        for _ in range(2):
+            x = sample(embedded_unet, sched, T, SHAPE, plan=plan, generator=gen(0), controller=ctl)
+            assert maxdiff(x, fresh) <= 1e-6
+
+
+# ----------------------------------------------------------------------------- stock pipeline under a plan
+@pytest.mark.parametrize("null_mode", ["drop", "reuse"])
+def test_controller_on_stock_pipeline(embedded_unet, scheduler_config, null_mode):
+    pipe = DDIMPipeline(embedded_unet, DDIMScheduler.from_config(scheduler_config))
+    pipe.set_progress_bar_config(disable=True)
+    teacher = pipe(batch_size=B, generator=gen(0), num_inference_steps=T, output_type="pt").images
+    plan = mixed_plan("DDIMScheduler", null_mode)
+
+    with PlanController(pipe.unet, pipe.scheduler, plan) as ctl:
+        planned = pipe(batch_size=B, generator=gen(0), num_inference_steps=T, output_type="pt").images
+        assert ctl.counter.as_dict() == plan.counts()
+    ours = sample(embedded_unet, DDIMScheduler.from_config(scheduler_config), T, SHAPE, plan=plan,
+                  generator=gen(0))
+    assert maxdiff(to_images(ours), planned) <= 1e-5
+    assert maxdiff(planned, teacher) > 1e-3
+
+    after = pipe(batch_size=B, generator=gen(0), num_inference_steps=T, output_type="pt").images
+    assert maxdiff(after, teacher) <= 1e-6
+    # the scheduler is fully restored: other step counts work again
+    pipe(batch_size=1, generator=gen(0), num_inference_steps=4, output_type="pt")
+
+
+def test_controller_on_stock_pipeline_wrong_t(embedded_unet, scheduler_config):
+    pipe = DDIMPipeline(embedded_unet, DDIMScheduler.from_config(scheduler_config))
+    pipe.set_progress_bar_config(disable=True)
+    with PlanController(pipe.unet, pipe.scheduler, uniform_plan()):
+        with pytest.raises(FlexnasError, match="num_inference_steps=10"):
+            pipe(batch_size=1, generator=gen(0), num_inference_steps=20, output_type="pt")
+
+
+@pytest.mark.parametrize("name,null_mode", [("DDIMScheduler", "drop"), ("DPMSolverMultistepScheduler", "drop"),
+                                            ("DPMSolverMultistepScheduler", "reuse")])
+def test_controller_on_stable_diffusion_pipeline(tiny_sd, name, null_mode):
+    """The same plan through the stock SD pipeline (CFG, cross-attention) and through sample()."""
+    pipe = tiny_sd
+    make = {"DDIMScheduler": DDIMScheduler, "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler}[name]
+    config = pipe.scheduler.config
+    pipe.scheduler = make.from_config(config)
+    plan = Plan(name, T, (Segment(2, 2), Segment(1), Segment(2, 1), Segment(2, 3), Segment(1)), null_mode)
+    prompt = "xyz cat"
+    with PlanController(pipe.unet, pipe.scheduler, plan) as ctl:
+        planned = pipe(prompt, num_inference_steps=T, guidance_scale=7.5, generator=gen(1),
+                       output_type="latent").images
+        assert ctl.counter.as_dict() == plan.counts() == {"full": 5, "partial": {1: 1, 2: 1, 3: 1}, "null": 2}
+    pe, ne = pipe.encode_prompt(prompt, torch.device("cpu"), 1, True, "")
+    c = StepCounter()
+    ours = sample(pipe.unet, make.from_config(config), T, planned.shape, plan=plan, generator=gen(1),
+                  cond=Conditioning(prompt_embeds=pe, negative_prompt_embeds=ne, guidance_scale=7.5), counter=c)
+    assert c.as_dict() == plan.counts()
+    assert maxdiff(ours, planned) <= 1e-5
+    teacher = pipe(prompt, num_inference_steps=T, guidance_scale=7.5, generator=gen(1), output_type="latent").images
+    assert maxdiff(teacher, planned) > 1e-5
+
+
+def test_dpmsolver_reuse_runs(embedded_unet, scheduler_config):
+    plan = mixed_plan("DPMSolverMultistepScheduler", "reuse")
+    c = StepCounter()
+    x = sample(embedded_unet, SCHEDULERS["DPMSolverMultistepScheduler"](scheduler_config), T, SHAPE, plan=plan,
+               generator=gen(0), counter=c)
+    assert torch.isfinite(x).all()
+    assert c.as_dict() == plan.counts()
+
+
+def test_ddim_drop_equals_reuse_with_steps_offset(tiny_sd):
+    """SD-style DDIM (steps_offset=1, set_alpha_to_one=False, CFG): dropping NULL steps == reusing the output."""
+    pipe = tiny_sd
+    assert pipe.scheduler.config.steps_offset == 1 and not pipe.scheduler.config.set_alpha_to_one
+    pe, ne = pipe.encode_prompt("abc", torch.device("cpu"), 1, True, "")
+    cond = Conditioning(prompt_embeds=pe, negative_prompt_embeds=ne, guidance_scale=7.5)
+    outs = {}
+    for mode in ("drop", "reuse"):
+        outs[mode] = sample(pipe.unet, DDIMScheduler.from_config(pipe.scheduler.config), T, (1, 4, 8, 8),
+                            plan=uniform_plan("DDIMScheduler", mode), generator=gen(0), cond=cond)
+    assert maxdiff(outs["drop"], outs["reuse"]) <= 1e-4
+
+
+def test_drop_keeps_fractional_timesteps(embedded_unet, scheduler_config):
+    """Euler's linspace schedule for T=6 has fractional timesteps (799.2, ...): drop mode must keep them exact."""
+    from diffusers import EulerDiscreteScheduler
+
+    sched = EulerDiscreteScheduler.from_config(scheduler_config)
+    sched.set_timesteps(6)
+    assert sched.timesteps[1].item() != int(sched.timesteps[1].item())
+    plan = Plan.step_reduction("EulerDiscreteScheduler", 6, 3, "drop")
+    c = StepCounter()
+    x = sample(embedded_unet, EulerDiscreteScheduler.from_config(scheduler_config), 6, SHAPE, plan=plan,
+               generator=gen(0), counter=c)
+    assert c.as_dict() == plan.counts() == {"full": 3, "partial": {}, "null": 3}
+    kept = [t.item() for t in sched.timesteps[::2]]
+    sched.set_timesteps(timesteps=kept)
+    ref = torch.randn(SHAPE, generator=gen(0)) * sched.init_noise_sigma
+    with torch.no_grad():
+        for t in sched.timesteps:
+            ref = sched.step(embedded_unet(sched.scale_model_input(ref, t), t).sample, t, ref).prev_sample
+    assert maxdiff(x, ref) <= 1e-4 * ref.abs().max().item()
+    # a plan with PARTIAL steps runs too
+    plan = Plan("EulerDiscreteScheduler", 6, (Segment(2, 1), Segment(1), Segment(1)), "drop")
+    c = StepCounter()
+    sample(embedded_unet, EulerDiscreteScheduler.from_config(scheduler_config), 6, SHAPE, plan=plan,
+           generator=gen(0), counter=c)
+    assert c.as_dict() == plan.counts()
