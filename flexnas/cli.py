@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from flexnas.errors import FlexnasError
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: 2-core machines slow down 5-10x without
+
+from flexnas.errors import FlexnasError  # noqa: E402
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -24,7 +26,6 @@ def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
 
 
 def _setup_torch(threads: int | None) -> None:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     torch.set_num_threads(threads or max(1, min(2, os.cpu_count() or 1)))

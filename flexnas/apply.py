@@ -1,0 +1,29 @@
+"""Apply a plan to a user's stock diffusers pipeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flexnas.engine import PlanController
+from flexnas.errors import FlexnasError
+from flexnas.plan import Plan
+
+
+def apply(pipeline: Any, plan: Plan | str) -> PlanController:
+    """Make ``pipeline`` (DDPM/DDIM/PNDM/StableDiffusion...) run ``plan`` on its next calls.
+
+    Returns the installed controller: use it as a context manager, or call ``remove()``
+    to restore the stock pipeline; ``controller.counter`` counts the steps executed.
+    Call the pipeline with ``num_inference_steps=plan.T`` and the plan's scheduler class::
+
+        with flexnas.apply(pipe, "plan.json"):
+            images = pipe(num_inference_steps=100).images
+    """
+    if not isinstance(plan, Plan):
+        plan = Plan.load(plan)
+    unet = getattr(pipeline, "unet", None)
+    scheduler = getattr(pipeline, "scheduler", None)
+    if unet is None or scheduler is None:
+        raise FlexnasError(f"{type(pipeline).__name__} has no 'unet' and 'scheduler': flexnas applies plans to "
+                           "diffusers pipelines whose denoiser is a UNet2DModel or UNet2DConditionModel")
+    return PlanController(unet, scheduler, plan)
