@@ -51,16 +51,21 @@ class SegmentMutation(Mutation):
         out = np.empty_like(X)
         for i, x in enumerate(X):
             n, b, k = sp.split(x)
-            if len(sp.Ns) > 1 and rng.random() < self.prob_change_n:
+            L = sp.T // n
+            # with L = 1 (the teacher) no segment can change: changing N is the only mutation
+            if len(sp.Ns) > 1 and (L == 1 or rng.random() < self.prob_change_n):
                 others = [m for m in sp.Ns if m != n]
                 out[i] = sp.remap(x, others[int(rng.integers(len(others)))])
                 continue
-            L = sp.T // n
             redraw = rng.random(n) < 1.0 / n
-            redraw[int(rng.integers(n))] = True  # at least one segment changes
+            forced = int(rng.integers(n))
+            redraw[forced] = True
             b, k = b.copy(), k.copy()
+            old = (b[forced] if k[forced] > 1 else 0, k[forced])
             b[redraw] = rng.integers(0, len(sp.branches), redraw.sum())
             k[redraw] = rng.integers(1, L + 1, redraw.sum())
+            while L > 1 and (b[forced] if k[forced] > 1 else 0, k[forced]) == old:  # at least one segment changes
+                b[forced], k[forced] = rng.integers(0, len(sp.branches)), rng.integers(1, L + 1)
             out[i] = sp.join(n, b, k)
         return out
 

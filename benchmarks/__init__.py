@@ -1,0 +1,1 @@
+"""Benchmarks: comparisons and the report (``benchmarks/REPORT.md``)."""

@@ -1,0 +1,109 @@
+"""Teacher quality of the embedded model: FID to real images, class histogram, classifier accuracy.
+
+    python -m benchmarks.teacher_quality [--samples 2000] [--quick]
+
+FID is computed by torch-fidelity in the classifier's feature space between teacher samples
+(DDIM 100) and the same number of Fashion-MNIST test images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.common import REPORT, RESULTS, machine, save_json, write_section  # noqa: E402
+from flexnas.errors import FlexnasError  # noqa: E402
+from flexnas.objectives import ImageDataset, fidelity_fid  # noqa: E402
+from flexnas.problem import get_problem  # noqa: E402
+from flexnas.report import save_grid  # noqa: E402
+
+GRID = Path(__file__).resolve().parents[1] / "docs" / "teacher_grid.png"
+
+
+def run(samples: int, hist_samples: int, report: Path, results: Path, grid: Path | None) -> dict:
+    from problems.fashion_mnist import load_classifier
+    from problems.fashion_mnist.data import CLASSES, load_split
+    from problems.fashion_mnist.features import NAME
+    from problems.fashion_mnist.train_classifier import accuracy
+
+    problem = get_problem("fashion-mnist", num_images=samples, batch_size=100, seed=1234)
+    loaded = problem.load()
+    t0 = time.time()
+    images = loaded.images(None, n=samples)
+    sample_s = time.time() - t0
+    test_images, test_labels = load_split("test")
+    real = torch.from_numpy(test_images[:samples]).float().div(255).unsqueeze(1)
+    t0 = time.time()
+    fid = fidelity_fid(ImageDataset(samples, lambda: images), ImageDataset(samples, lambda: real),
+                       results / "fidelity_cache", {"feature_extractor": NAME})
+    fid_s = time.time() - t0
+    clf = load_classifier()
+    with torch.no_grad():
+        pred = clf(images[:hist_samples] * 2 - 1).argmax(1).numpy()
+    hist = np.bincount(pred, minlength=10) / len(pred)
+    acc = accuracy(clf, test_images, test_labels)
+    if grid is not None:
+        save_grid(images[:64], grid, nrow=8)
+    res = {"samples": samples, "fid_to_test": fid, "hist_samples": hist_samples,
+           "class_histogram": dict(zip(CLASSES, hist.round(4).tolist())),
+           "all_classes_present": bool((hist > 0).all()), "max_class_share": float(hist.max()),
+           "classifier_test_accuracy": acc, "sampling_s": sample_s, "fid_s": fid_s, "machine": machine()}
+    save_json("teacher_quality", res, results)
+    rows = "\n".join(f"| {c} | {share:.1%} |" for c, share in res["class_histogram"].items())
+    ok = "met" if res["all_classes_present"] and res["max_class_share"] <= 0.25 else "NOT met"
+    write_section("teacher", f"""
+## Teacher quality (embedded Fashion-MNIST DDPM, DDIM 100)
+
+Command: `python -m benchmarks.teacher_quality` · machine: {res['machine']}
+
+| measure | value |
+|---|---|
+| FID to real (classifier features, {samples} samples vs {samples} test images) | {fid:.3f} |
+| classifier accuracy on the 10,000 test images | {acc:.2%} |
+| sampling time for {samples} images | {sample_s:.0f} s |
+
+Class histogram of {hist_samples} teacher samples by the classifier (target: every class present,
+none above 25%: {ok}; largest share {res['max_class_share']:.1%}):
+
+| class | share |
+|---|---|
+{rows}
+
+![teacher samples](../docs/teacher_grid.png)
+""", report)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--samples", type=int, default=2000)
+    p.add_argument("--hist-samples", type=int, default=1000)
+    p.add_argument("--quick", action="store_true", help="200 samples (for a smoke test)")
+    p.add_argument("--report", default=str(REPORT))
+    p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--no-grid", action="store_true")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    samples = 200 if args.quick else args.samples
+    hist = min(args.hist_samples, samples)
+    try:
+        res = run(samples, hist, Path(args.report), Path(args.results), None if args.no_grid else GRID)
+    except FlexnasError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"FID to test {res['fid_to_test']:.3f}; max class share {res['max_class_share']:.1%}; "
+          f"classifier accuracy {res['classifier_test_accuracy']:.2%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

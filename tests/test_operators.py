@@ -1,0 +1,238 @@
+"""pymoo operators over segments: every genome they return is valid and canonical (property tests)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from pymoo.core.population import Population
+
+from flexnas.operators import CanonicalDuplicateElimination, FlexSampling, SegmentCrossover, SegmentMutation
+from flexnas.space import SearchSpace
+
+S = "DDIMScheduler"
+SEEDS = range(200)
+
+SPACES = {
+    "T10-N2,5,10-B6": SearchSpace(S, 10, (2, 5, 10), tuple(range(6))),
+    "T12-all-N-B2": SearchSpace(S, 12, (1, 2, 3, 4, 6, 12), (0, 3)),
+    "T100-N10-B3": SearchSpace(S, 100, (10,), (0, 2, 4)),
+    "T100-N4,25-B1": SearchSpace(S, 100, (4, 25), (1,)),
+    "T8-N8-B2": SearchSpace(S, 8, (8,), (0, 1)),  # L=1: only the teacher
+    "T10-N1-B2": SearchSpace(S, 10, (1,), (0, 1)),  # a single segment
+}
+
+
+def stand_in(space: SearchSpace):
+    """What the operators need from a pymoo problem: ``.space`` and ``n_var``."""
+    return SimpleNamespace(space=space, n_var=space.n_var)
+
+
+def assert_all_canonical(space, X):
+    X = np.asarray(X)
+    assert X.ndim == 2 and X.shape[1] == space.n_var
+    for x in X:
+        assert space.is_canonical(x), x
+
+
+@pytest.fixture(params=list(SPACES), ids=list(SPACES))
+def space(request):
+    return SPACES[request.param]
+
+
+# --------------------------------------------------------------------------- sampling
+def test_sampling_seeds_teacher_then_uniform():
+    sp = SPACES["T10-N2,5,10-B6"]
+    X = FlexSampling()._do(stand_in(sp), 12, random_state=np.random.default_rng(0))
+    assert_all_canonical(sp, X)
+    teacher = sp.decode(X[0])
+    assert teacher.N == 10 and all(s.interval == 1 for s in teacher.segments)
+    # DeepCache-like: N < T, every segment all-active (interval = L) at one branch
+    for x in X[1:1 + 12 - 1]:
+        n, b, k = sp.split(x)
+        assert n in (2, 5) and np.all(k == sp.T // n) and len(set(b.tolist())) == 1
+    # 2 values of N with L > 1, 6 branches: 12 uniform seeds; the first 11 follow the teacher
+    X = FlexSampling()._do(stand_in(sp), 16, random_state=np.random.default_rng(1))
+    uniform = {sp.key(x) for x in X[1:13]}
+    assert len(uniform) == 12
+    assert_all_canonical(sp, X)
+
+
+def test_sampling_without_teacher_in_space():
+    sp = SPACES["T100-N10-B3"]  # T=100 is not an admissible N: no teacher
+    X = FlexSampling()._do(stand_in(sp), 5, random_state=np.random.default_rng(0))
+    assert_all_canonical(sp, X)
+    n, b, k = sp.split(X[0])
+    assert n == 10 and np.all(k == 10) and len(set(b.tolist())) == 1
+    assert len({sp.key(x) for x in X[:3]}) == 3  # the 3 uniform seeds, one per branch
+
+
+def test_sampling_pymoo_do_returns_population():
+    sp = SPACES["T10-N2,5,10-B6"]
+    pop = FlexSampling().do(stand_in(sp), 6, random_state=np.random.default_rng(3))
+    assert isinstance(pop, Population) and len(pop) == 6
+    assert_all_canonical(sp, pop.get("X"))
+
+
+@pytest.mark.parametrize("n_samples", [1, 2, 7, 30])
+def test_sampling_property(space, n_samples):
+    for seed in SEEDS:
+        X = FlexSampling()._do(stand_in(space), n_samples, random_state=np.random.default_rng(seed))
+        assert len(X) == n_samples
+        assert_all_canonical(space, X)
+        if space.T in space.Ns:
+            assert space.decode(X[0]).N == space.T
+        elif n_samples >= 1 and any(space.T // n > 1 for n in space.Ns):
+            n, b, k = space.split(X[0])
+            assert np.all(k == space.T // n)
+
+
+def test_sampling_is_seeded():
+    sp = SPACES["T12-all-N-B2"]
+    a = FlexSampling()._do(stand_in(sp), 20, random_state=np.random.default_rng(5))
+    b = FlexSampling()._do(stand_in(sp), 20, random_state=np.random.default_rng(5))
+    assert np.array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- mutation
+def test_mutation_property(space):
+    prob = stand_in(space)
+    mut = SegmentMutation()
+    only_teacher = all(space.T // n == 1 for n in space.Ns) and len(space.Ns) == 1
+    for seed in SEEDS:
+        rng = np.random.default_rng(seed)
+        X = np.array([space.random(rng) for _ in range(8)])
+        Y = mut._do(prob, X.copy(), random_state=rng)
+        assert Y.shape == X.shape
+        assert_all_canonical(space, Y)
+        if not only_teacher:
+            # something changes (almost always; never nothing over a whole population)
+            assert any(space.key(x) != space.key(y) for x, y in zip(X, Y))
+
+
+def test_mutation_changes_every_individual_that_can_change(space):
+    """Every mutated genome decodes to another plan, unless the space holds one plan shape only
+    (a single N with L = 1: the teacher)."""
+    frozen = len(space.Ns) == 1 and space.T == space.Ns[0]
+    for seed in SEEDS:
+        rng = np.random.default_rng(seed)
+        X = np.array([space.random(rng) for _ in range(4)])
+        X[0] = space.join(max(space.Ns), np.zeros(max(space.Ns), int), np.ones(max(space.Ns), int))
+        Y = SegmentMutation()._do(stand_in(space), X.copy(), random_state=rng)
+        for x, y in zip(X, Y):
+            assert (space.key(x) == space.key(y)) if frozen else (space.key(x) != space.key(y)), (x, y)
+
+
+def test_mutation_changes_n_sometimes():
+    sp = SPACES["T12-all-N-B2"]
+    mut = SegmentMutation(prob_change_n=0.5)
+    n_changed = 0
+    for seed in range(50):
+        rng = np.random.default_rng(seed)
+        X = np.array([sp.random(rng) for _ in range(4)])
+        Y = mut._do(stand_in(sp), X.copy(), random_state=rng)
+        assert_all_canonical(sp, Y)
+        n_changed += sum(sp.split(x)[0] != sp.split(y)[0] for x, y in zip(X, Y))
+    assert n_changed > 0
+
+
+def test_mutation_pymoo_do(space):
+    prob = stand_in(space)
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        pop = Population.new(X=np.array([space.random(rng) for _ in range(6)]))
+        out = SegmentMutation().do(prob, pop, random_state=rng)
+        assert_all_canonical(space, out.get("X"))
+
+
+def test_mutation_of_non_canonical_input_is_canonical():
+    sp = SPACES["T10-N2,5,10-B6"]
+    rng = np.random.default_rng(0)
+    X = []
+    for _ in range(50):
+        x = sp.random(rng)
+        n = sp.split(x)[0]
+        x[1 + n:1 + sp.smax] = rng.integers(0, 6, sp.smax - n)  # garbage in inactive genes
+        X.append(x)
+    Y = SegmentMutation()._do(stand_in(sp), np.array(X), random_state=rng)
+    assert_all_canonical(sp, Y)
+
+
+# --------------------------------------------------------------------------- crossover
+def test_crossover_property(space):
+    prob = stand_in(space)
+    cx = SegmentCrossover()
+    for seed in SEEDS:
+        rng = np.random.default_rng(seed)
+        X = np.array([[space.random(rng) for _ in range(5)] for _ in range(2)])  # (parents, matings, n_var)
+        Q = cx._do(prob, X.copy(), random_state=rng)
+        assert Q.shape == (2, 5, space.n_var)
+        assert_all_canonical(space, Q.reshape(-1, space.n_var))
+        # each child keeps the N of the parent it starts from
+        for o in range(2):
+            for m in range(5):
+                assert space.split(Q[o, m])[0] == space.split(X[o, m])[0]
+
+
+def test_crossover_children_mix_parents():
+    sp = SearchSpace(S, 10, (5,), (0, 1, 2))
+    rng = np.random.default_rng(0)
+    a = sp.join(5, np.array([1, 1, 1, 1, 1]), np.array([2, 2, 2, 2, 2]))
+    b = sp.join(5, np.array([2, 2, 2, 2, 2]), np.array([2, 2, 2, 2, 2]))
+    X = np.array([[a] * 50, [b] * 50])
+    Q = SegmentCrossover()._do(stand_in(sp), X, random_state=rng)
+    for o, (first, second) in enumerate(((1, 2), (2, 1))):
+        for q in Q[o]:
+            _, bq, _ = sp.split(q)
+            cut = int(np.argmax(bq != first))
+            assert cut >= 1 and np.all(bq[:cut] == first) and np.all(bq[cut:] == second)
+
+
+def test_crossover_pymoo_do(space):
+    prob = stand_in(space)
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        pop = Population.new(X=np.array([space.random(rng) for _ in range(8)]))
+        parents = np.arange(8).reshape(4, 2)
+        off = SegmentCrossover().do(prob, pop, parents, random_state=rng)
+        assert len(off) == 8
+        assert_all_canonical(space, off.get("X"))
+
+
+# --------------------------------------------------------------------------- duplicates
+def test_duplicate_elimination_canonical():
+    sp = SPACES["T10-N2,5,10-B6"]
+    a = sp.join(2, np.array([3, 0]), np.array([4, 1]))
+    a_noncanon = a.copy()
+    a_noncanon[2] = 5  # branch gene of the interval-1 segment
+    a_noncanon[1 + sp.smax + 7] = 3  # an inactive interval gene
+    b = sp.join(5, np.array([1, 1, 1, 1, 1]), np.array([2, 2, 2, 2, 2]))
+    c = sp.join(10, np.zeros(10, int), np.ones(10, int))
+    elim = CanonicalDuplicateElimination(sp)
+
+    pop = Population.new(X=np.array([a, b, a_noncanon, c, b]))
+    flags = elim._do(pop, None, np.full(len(pop), False))
+    assert flags.tolist() == [False, False, True, False, True]
+    assert len(elim.do(pop)) == 3
+
+    other = Population.new(X=np.array([c, a_noncanon]))
+    new = Population.new(X=np.array([b, a, c]))
+    assert elim._do(new, other, np.full(3, False)).tolist() == [False, True, True]
+    kept = elim.do(new, other)
+    assert len(kept) == 1 and sp.key(kept[0].X) == sp.key(b)
+
+    # pymoo's return_indices path
+    _, keep_idx, dup_idx = elim.do(pop, return_indices=True)
+    assert keep_idx == [0, 1, 3] and dup_idx == [2, 4]
+
+
+def test_duplicate_elimination_after_operators_all_distinct():
+    sp = SPACES["T12-all-N-B2"]
+    elim = CanonicalDuplicateElimination(sp)
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        X = FlexSampling()._do(stand_in(sp), 40, random_state=rng)
+        kept = elim.do(Population.new(X=X))
+        keys = [sp.key(x) for x in kept.get("X")]
+        assert len(keys) == len(set(keys)) == len({sp.key(x) for x in X})
