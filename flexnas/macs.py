@@ -124,7 +124,8 @@ class MacCounter:
         kwargs = cond.unet_kwargs()
         if cond.cfg:  # one image's conditional half; the doubled batch is cfg_factor
             kwargs = {"encoder_hidden_states": cond.prompt_embeds[:1]}
-        key = f"{loaded.identity}-{'x'.join(map(str, loaded.sample_shape))}-{sorted(kwargs)}"
+        shapes = sorted((k, tuple(v.shape) if torch.is_tensor(v) else v) for k, v in kwargs.items())
+        key = f"{loaded.identity}-{'x'.join(map(str, loaded.sample_shape))}-{shapes}"
         path = cache_dir() / "macs" / f"{_slug(key)}.json"
         if path.is_file():
             d = json.loads(path.read_text())

@@ -20,7 +20,8 @@ def _space(problem) -> SearchSpace:
 
 
 class FlexSampling(Sampling):
-    """Initial population: the teacher plan, DeepCache-like uniform plans, then random genomes."""
+    """Initial population: the teacher plan, DeepCache-like uniform plans alternating with
+    step-reduction plans (the baselines a search should start from), then random genomes."""
 
     def _do(self, problem, n_samples, *args, random_state=None, **kwargs):
         sp = _space(problem)
@@ -30,9 +31,12 @@ class FlexSampling(Sampling):
             seeds.append(sp.join(sp.T, np.zeros(sp.T, int), np.ones(sp.T, int)))
         # DeepCache-like: all steps active, PARTIAL at one branch between FULL steps
         uniform = [(n, bi) for n in sp.Ns if sp.T // n > 1 for bi in range(len(sp.branches))]
-        for j in rng.permutation(len(uniform)):
-            n, bi = uniform[j]
-            seeds.append(sp.join(n, np.full(n, bi), np.full(n, sp.T // n)))
+        deepcache = [sp.join(n, np.full(n, bi), np.full(n, sp.T // n))
+                     for n, bi in (uniform[j] for j in rng.permutation(len(uniform)))]
+        # step reduction: one FULL step per segment, the rest NULL
+        steps = [sp.join(n, np.zeros(n, int), np.ones(n, int)) for n in rng.permutation([n for n in sp.Ns if n < sp.T])]
+        for i in range(max(len(deepcache), len(steps))):
+            seeds += [g[i] for g in (deepcache, steps) if i < len(g)]
         X = seeds[:n_samples]
         while len(X) < n_samples:
             X.append(sp.random(rng))

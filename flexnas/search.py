@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import numpy as np
 from pymoo.core.callback import Callback
 from pymoo.core.problem import Problem as PymooProblem
@@ -212,13 +213,24 @@ class FlexProblem(PymooProblem):
             out["F"] = np.stack([obj, macs], axis=1)
 
 
+def ga_tournament(pop, P, **kwargs):
+    """pymoo's GA tournament (feasibility, then fitness) as a module-level function: pymoo's own is
+    wrapped by a local decorator that pickle cannot store, so GA checkpoints would fail."""
+    from pymoo.algorithms.soo.nonconvex.ga import comp_by_cv_and_fitness
+
+    return comp_by_cv_and_fitness(pop, P, **kwargs)
+
+
 def make_algorithm(space: SearchSpace, config: SearchConfig):
     from pymoo.algorithms.moo.nsga2 import NSGA2
     from pymoo.algorithms.soo.nonconvex.ga import GA
+    from pymoo.operators.selection.tournament import TournamentSelection
 
     kw = dict(pop_size=config.pop, sampling=FlexSampling(), crossover=SegmentCrossover(),
               mutation=SegmentMutation(), eliminate_duplicates=CanonicalDuplicateElimination(space))
-    return GA(**kw) if config.algorithm == "ga" else NSGA2(**kw)
+    if config.algorithm == "ga":
+        return GA(selection=TournamentSelection(func_comp=ga_tournament), **kw)
+    return NSGA2(**kw)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -239,7 +251,7 @@ class Checkpoint(Callback):
         problem.generation = algorithm.n_gen + 1
         tmp = self.path.with_suffix(".tmp")
         with tmp.open("wb") as f:
-            pickle.dump(algorithm, f)
+            cloudpickle.dump(algorithm, f)  # pymoo's GA holds local functions plain pickle refuses
         os.replace(tmp, self.path)
         if self.bar is not None:
             F = algorithm.opt.get("F")
@@ -310,25 +322,26 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, workers: i
     out = Path(out)
     prepare_run_dir(out, resume)
     ckpt_path = out / "checkpoint.pkl"
-    if resume:
-        algorithm = load_checkpoint(ckpt_path)
-        problem = algorithm.problem
-        problem.config.gens = config.gens  # a resumed run keeps its own settings; only gens may grow
-        config = problem.config
-    else:
-        base = get_problem(config.problem, **config.problem_overrides())
-        num_branches = len(base.load().branches) if (workers or dask) else \
-            len(CandidateEvaluator.get(config, threads).loaded.branches)
-        space = SearchSpace.build(base.scheduler, base.T, num_branches, config.segments, config.branches,
-                                  base.null_mode)
-        problem = FlexProblem(space, config, out)
-        algorithm = make_algorithm(space, config)
-        (out / "run.json").write_text(json.dumps({"config": asdict(config), "space": asdict(space)}, indent=2,
-                                                 default=str))
-    # the teacher's statistics are computed once, here, before any worker needs them
-    CandidateEvaluator.get(config, threads).evaluator.ensure_teacher()
+    algorithm = load_checkpoint(ckpt_path) if resume else None
+    # connect before writing run.json: a scheduler that cannot be reached leaves no half-made run folder
     runner, closer = connect_runner(workers, dask)
     try:
+        if resume:
+            problem = algorithm.problem
+            problem.config.gens = config.gens  # a resumed run keeps its own settings; only gens may grow
+            config = problem.config
+        else:
+            base = get_problem(config.problem, **config.problem_overrides())
+            num_branches = len(base.load().branches) if (workers or dask) else \
+                len(CandidateEvaluator.get(config, threads).loaded.branches)
+            space = SearchSpace.build(base.scheduler, base.T, num_branches, config.segments, config.branches,
+                                      base.null_mode)
+            problem = FlexProblem(space, config, out)
+            algorithm = make_algorithm(space, config)
+            (out / "run.json").write_text(json.dumps({"config": asdict(config), "space": asdict(space)}, indent=2,
+                                                     default=str))
+        # the teacher's statistics are computed once, here, before any worker needs them
+        CandidateEvaluator.get(config, threads).evaluator.ensure_teacher()
         problem.attach(runner, threads)
         from pymoo.optimize import minimize
 

@@ -187,12 +187,29 @@ def test_rfid_grows_with_null_steps(evaluator, loaded):
     assert all(math.isfinite(v) for v in (few_null, many_null, deepcache))
 
 
-def test_fid_to_real_is_finite_and_uses_real_statistics(evaluator, loaded):
+def test_fid_to_real_matches_scipy_against_shipped_statistics(evaluator, loaded, feature_extractor):
+    """FID to real images = scipy Fréchet distance of the images' features to the shipped (mu, sigma)."""
     latents = loaded.latents(Plan.step_reduction(SCHED, T, 5), n=N_IMAGES)
     fid = evaluator.fid_to_real_of_latents(latents)
     assert fid is not None and math.isfinite(fid) and fid > 0
     name = evaluator.real_cache_name()
     assert list(evaluator.cache_root.glob(f"{name}-{EXTRACTOR}-stat-fid-features.pt"))
+    real = np.load(loaded.problem.real_statistics)
+    assert real["extractor"].item() == EXTRACTOR
+    f = _features(feature_extractor, loaded.images(Plan.step_reduction(SCHED, T, 5), n=N_IMAGES))
+    mu, sigma = f.mean(0), np.cov(f, rowvar=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = np.real(scipy.linalg.sqrtm(sigma @ real["sigma"]))
+    expected = float(((mu - real["mu"]) ** 2).sum() + np.trace(sigma) + np.trace(real["sigma"]) - 2 * np.trace(covmean))
+    assert fid == pytest.approx(expected, rel=1e-4)
+
+
+def test_rfid_rejects_plan_for_another_schedule(evaluator):
+    with pytest.raises(FlexnasError, match="T=20"):
+        evaluator.rfid(Plan.step_reduction(SCHED, 2 * T, 5))
+    with pytest.raises(FlexnasError, match="DPMSolverMultistepScheduler"):
+        evaluator.rfid(Plan.teacher("DPMSolverMultistepScheduler", T))
 
 
 # ----------------------------------------------------------------------------- 3. teacher cache
@@ -514,6 +531,7 @@ def test_cli_evaluate_malformed_plan(tmp_path, capsys, content):
     (["--images", "0"], "--images"),
     (["--wall-images", "-1"], "--wall-images"),
     (["--extractor", "no-such-extractor"], "no-such-extractor"),
+    (["--extractor", INCEPTION, "--inception-weights", "/nonexistent/inception.pth"], INCEPTION_FILE),
 ])
 def test_cli_evaluate_bad_options(cli_plan, capsys, args, needle):
     from flexnas.cli import main

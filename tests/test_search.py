@@ -1,0 +1,491 @@
+"""End-to-end search on the embedded Fashion-MNIST model, cut down to T=10 and 8 images.
+
+The CLI runs use ``--problem tiny_problem:make_problem`` (tests/tiny_problem.py); library-level
+runs use ``SearchConfig(overrides=...)``. Every cache goes to a temporary ``FLEXNAS_CACHE``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flexnas.cli import main
+from flexnas.plan import Plan, Segment
+from flexnas.problem import PrefixStore
+from flexnas.search import CandidateEvaluator, EvalTask, FlexProblem, SearchConfig, load_checkpoint, run_search
+from flexnas.space import SearchSpace
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+TINY = "tiny_problem:make_problem"
+OVERRIDES = {"T": 10, "num_images": 8, "batch_size": 8}
+PNG = b"\x89PNG\r\n\x1a\n"
+OUTPUTS = ("candidates.csv", "candidates.json", "front.csv", "front.json", "chosen.csv", "chosen.json",
+           "plans/plan_0.json", "pareto.png", "grids/teacher.png", "grids/plan_0.png", "checkpoint.pkl",
+           "evaluations.jsonl", "run.json", "summary.json")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def search_env(tmp_path_factory):
+    """One temporary FLEXNAS_CACHE for the module (teacher statistics are shared by its runs);
+    tests/ importable here and in Dask worker processes."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FLEXNAS_CACHE", str(tmp_path_factory.mktemp("flexnas-cache")))
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    mp.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    mp.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    mp.syspath_prepend(str(TESTS))
+    yield
+    mp.undo()
+
+
+def search_argv(out: Path, *extra: str) -> list[str]:
+    """A cheap search (argparse keeps the last of repeated options, so ``extra`` may override)."""
+    return ["--threads", "1", "search", "--problem", TINY, "--images", "8", "--pop", "4", "--gens", "2",
+            "--segments", "2,5,10", "--wall-images", "1", "--grid-images", "4", "--choose", "2", "--quiet",
+            "--out", str(out), *extra]
+
+
+def cli(argv: list[str]) -> int:
+    old = torch.get_num_threads()
+    try:
+        return main(argv)
+    finally:
+        torch.set_num_threads(old)
+
+
+def front_of(run: Path) -> list[tuple]:
+    return [(tuple(r["genome"]), r["rfid"], r["macs_ratio"]) for r in json.loads((run / "front.json").read_text())]
+
+
+def evaluations_of(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "evaluations.jsonl").read_text().splitlines() if line.strip()]
+
+
+def evaluated_of(run: Path) -> dict[str, tuple]:
+    return {r["key"]: (r["generation"], r["rfid"], r["fid_to_real"], r["macs_ratio"]) for r in evaluations_of(run)}
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --------------------------------------------------------------------------- module runs
+@pytest.fixture(scope="module")
+def nsga_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "nsga"
+    assert cli(search_argv(out)) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def ga_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "ga"
+    assert cli(search_argv(out, "--algorithm", "ga", "--macs-budget", "0.5")) == 0
+    return out
+
+
+def check_outputs(out: Path, algorithm: str) -> dict:
+    for name in OUTPUTS:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    for name in ("pareto.png", "grids/teacher.png", "grids/plan_0.png"):
+        assert (out / name).read_bytes()[:8] == PNG, name
+    summary = json.loads((out / "summary.json").read_text())
+    records = evaluations_of(out)
+    candidates = json.loads((out / "candidates.json").read_text())
+    front = json.loads((out / "front.json").read_text())
+    chosen = json.loads((out / "chosen.json").read_text())
+    assert summary["evaluated"] == len(records) == len(candidates) == len({r["key"] for r in records})
+    assert summary["requested"] == summary["evaluated"] + summary["cache_hits"]
+    assert 0 < summary["denoiser_calls_made"] <= summary["denoiser_calls_naive"]
+    assert summary["denoiser_calls_made"] == sum(r["calls"] for r in records)
+    assert summary["front_size"] == len(front) >= 1
+    assert {r["key"] for r in front} <= {r["key"] for r in records}
+    assert 1 <= len(chosen) <= 2 and summary["chosen"] == [f"plans/plan_{i}.json" for i in range(len(chosen))]
+    space = SearchSpace(**{k: tuple(v) if isinstance(v, list) else v
+                           for k, v in json.loads((out / "run.json").read_text())["space"].items()})
+    assert space.T == 10 and space.Ns == (2, 5, 10)
+    for i, r in enumerate(chosen):
+        plan = Plan.load(out / "plans" / f"plan_{i}.json")
+        assert plan == Plan.from_dict(r["plan"]) == space.decode(np.array(r["genome"]))
+        assert plan.meta["rfid"] == r["rfid"] and plan.meta["macs_ratio"] == r["macs_ratio"]
+        assert plan.meta["wall_s"] > 0 and plan.meta["wall_ratio"] > 0
+        assert (out / "grids" / f"plan_{i}.png").read_bytes()[:8] == PNG
+    for r in records:  # every record's genome is canonical, its plan is the decoded genome
+        g = np.array(r["genome"])
+        assert space.is_canonical(g) and Plan.from_dict(r["plan"]) == space.decode(g)
+        assert r["key"] == ",".join(map(str, r["genome"]))
+        assert 0 < r["macs_ratio"] <= 1 and r["calls"] <= r["naive_calls"]
+    algo = load_checkpoint(out / "checkpoint.pkl")
+    assert algo.n_gen == 2 and algo.problem.config.algorithm == algorithm
+    return summary
+
+
+def test_nsga2_run_writes_every_output(nsga_run):
+    summary = check_outputs(nsga_run, "nsga2")
+    front = json.loads((nsga_run / "front.json").read_text())
+    # the teacher (N = T = 10) is in the first population; as the only rfid-0 plan it is on the front
+    assert any(r["plan"]["N"] == 10 and r["rfid"] == 0 for r in front)
+    assert summary["best"]["rfid"] == min(r["rfid"] for r in front)
+    macs = [r["macs_ratio"] for r in front]
+    assert macs == sorted(macs)
+    # a front: no member dominates another
+    for a in front:
+        for b in front:
+            assert not (a["rfid"] <= b["rfid"] and a["macs_ratio"] <= b["macs_ratio"]
+                        and (a["rfid"], a["macs_ratio"]) != (b["rfid"], b["macs_ratio"]))
+    cfg = json.loads((nsga_run / "run.json").read_text())["config"]
+    assert cfg["problem"] == TINY and cfg["pop"] == 4 and cfg["gens"] == 2 and cfg["segments"] == [2, 5, 10]
+
+
+def test_ga_run_writes_every_output(ga_run):
+    summary = check_outputs(ga_run, "ga")
+    front = json.loads((ga_run / "front.json").read_text())
+    assert len(front) == 1
+    assert front[0]["macs_ratio"] <= 0.5
+    feasible = [r for r in evaluations_of(ga_run) if r["macs_ratio"] <= 0.5]
+    assert front[0]["rfid"] == min(r["rfid"] for r in feasible)
+    assert summary["best"]["rfid"] == front[0]["rfid"]
+
+
+# --------------------------------------------------------------------------- resume
+def test_resume_equals_uninterrupted_run(nsga_run, tmp_path):
+    a = tmp_path / "a"
+    assert cli(search_argv(a, "--gens", "1")) == 0
+    ckpt = load_checkpoint(a / "checkpoint.pkl")
+    assert ckpt.n_gen == 1
+    gen1 = evaluated_of(a)
+    assert {g for g, *_ in gen1.values()} == {1}
+    moved = tmp_path / "moved"
+    shutil.copytree(a, moved)
+
+    assert cli(search_argv(a, "--gens", "2", "--resume")) == 0
+    assert front_of(a) == front_of(nsga_run)
+    assert evaluated_of(a) == evaluated_of(nsga_run)
+    assert load_checkpoint(a / "checkpoint.pkl").n_gen == 2
+    sa, sb = (json.loads((r / "summary.json").read_text()) for r in (a, nsga_run))
+    for k in ("evaluated", "requested", "cache_hits", "denoiser_calls_naive", "front_size", "best"):
+        assert sa[k] == sb[k], k
+
+    # a copy of the generation-1 folder, "killed" part way through generation 2 (some of its
+    # evaluations already logged), resumed through the library: same result, and the folder it
+    # was copied from is left alone
+    before = snapshot(a)
+    gen2 = [r for r in evaluations_of(nsga_run) if r["generation"] == 2]
+    with (moved / "evaluations.jsonl").open("a") as f:
+        for r in gen2[: len(gen2) // 2]:
+            f.write(json.dumps(r) + "\n")
+    cfg = SearchConfig(problem=TINY, pop=4, gens=2, images=8, segments=[2, 5, 10])
+    res, problem = run_search(cfg, moved, resume=True, progress=False, threads=1)
+    assert problem.run_dir == moved
+    assert snapshot(a) == before
+    assert evaluated_of(moved) == evaluated_of(nsga_run)
+    got = sorted(map(tuple, res.F.tolist()))
+    assert got == sorted((r[1], r[2]) for r in front_of(nsga_run))
+
+
+def test_resume_of_a_finished_run_adds_no_generation(nsga_run, tmp_path):
+    run = tmp_path / "done"
+    shutil.copytree(nsga_run, run)
+    n_before = len(evaluations_of(run))
+    cfg = SearchConfig(problem=TINY, pop=4, gens=2, images=8, segments=[2, 5, 10])
+    res, problem = run_search(cfg, run, resume=True, progress=False, threads=1)
+    assert res.algorithm.n_gen == 2
+    assert len(evaluations_of(run)) == n_before
+    assert sorted(map(tuple, res.F.tolist())) == sorted((r[1], r[2]) for r in front_of(nsga_run))
+
+
+# --------------------------------------------------------------------------- Dask workers
+def test_workers_give_the_in_process_front(nsga_run, tmp_path):
+    out = tmp_path / "workers"
+    assert cli(search_argv(out, "--workers", "2", "--wall-images", "0", "--choose", "1")) == 0
+    assert front_of(out) == front_of(nsga_run)
+    assert evaluated_of(out) == evaluated_of(nsga_run)
+    fa, fb = (json.loads((r / "front.json").read_text()) for r in (out, nsga_run))
+    assert [r["rfid"] for r in fa] == [r["rfid"] for r in fb]
+    assert [r["macs_ratio"] for r in fa] == [r["macs_ratio"] for r in fb]
+    assert [r["genome"] for r in fa] == [r["genome"] for r in fb]
+
+
+# --------------------------------------------------------------------------- evaluation cache
+@pytest.fixture
+def small_config():
+    return SearchConfig(pop=4, gens=2, images=8, segments=[2, 5, 10], overrides=dict(OVERRIDES))
+
+
+def test_evaluation_cache_prevents_re_evaluation(small_config, tmp_path, monkeypatch, count_calls):
+    ev = CandidateEvaluator.get(small_config, 1)
+    ev.evaluator.ensure_teacher()
+    space = SearchSpace.build("DDIMScheduler", 10, len(ev.loaded.branches), [2, 5, 10])
+    problem = FlexProblem(space, small_config, tmp_path)
+    tasks = []
+    real_call = EvalTask.__call__
+
+    def counting(self, x):
+        tasks.append(tuple(int(v) for v in x))
+        return real_call(self, x)
+
+    monkeypatch.setattr(EvalTask, "__call__", counting)
+    unet_calls = count_calls({"unet": ev.loaded.unet})
+
+    a = space.join(2, np.array([1, 0]), np.array([5, 1]))
+    a_alias = a.copy()
+    a_alias[2] = 4  # branch gene of an interval-1 segment: the same plan
+    a_alias[-1] = 3  # an inactive interval gene
+    b = space.join(5, np.array([2, 2, 2, 2, 2]), np.array([2, 2, 2, 2, 2]))
+    c = space.join(10, np.zeros(10, int), np.ones(10, int))
+    X = np.array([a, b, a_alias, c, b])
+
+    out1 = problem.evaluate(X, return_as_dictionary=True)
+    assert sorted(tasks) == sorted({space.key(x) for x in X})  # 3 distinct plans, each evaluated once
+    calls_first = unet_calls["unet"]
+    assert calls_first > 0
+    lines = (tmp_path / "evaluations.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and len({json.loads(line)["key"] for line in lines}) == 3
+    F1 = out1["F"]
+    assert F1.shape == (5, 2) and np.array_equal(F1[0], F1[2]) and np.array_equal(F1[1], F1[4])
+    assert F1[3, 0] == 0 and F1[3, 1] == 1  # the teacher
+
+    out2 = problem.evaluate(X[::-1].copy(), return_as_dictionary=True)
+    assert len(tasks) == 3 and unet_calls["unet"] == calls_first  # no evaluation, no denoiser call
+    assert np.array_equal(out2["F"], F1[::-1])
+    assert len((tmp_path / "evaluations.jsonl").read_text().splitlines()) == 3
+    assert problem.requested_total == 10
+
+    # the cache is the run folder's: a new problem over the same folder evaluates nothing either
+    again = FlexProblem(space, small_config, tmp_path)
+    assert np.array_equal(again.evaluate(X, return_as_dictionary=True)["F"], F1)
+    assert len(tasks) == 3 and unet_calls["unet"] == calls_first
+    # a new genome is evaluated and appended
+    d = space.join(5, np.array([0, 0, 0, 0, 0]), np.array([1, 2, 1, 2, 1]))
+    again.evaluate(d[None], return_as_dictionary=True)
+    assert len(tasks) == 4 and len((tmp_path / "evaluations.jsonl").read_text().splitlines()) == 4
+
+
+def test_ga_problem_constraint(small_config, tmp_path):
+    cfg = SearchConfig(**{**small_config.__dict__, "algorithm": "ga", "macs_budget": 0.5})
+    ev = CandidateEvaluator.get(cfg, 1)
+    space = SearchSpace.build("DDIMScheduler", 10, len(ev.loaded.branches), [2, 5, 10])
+    problem = FlexProblem(space, cfg, tmp_path)
+    X = np.array([space.join(10, np.zeros(10, int), np.ones(10, int)),
+                  space.join(2, np.array([3, 3]), np.array([5, 5]))])
+    out = problem.evaluate(X, return_as_dictionary=True)
+    assert out["F"].shape == (2, 1) and out["G"].shape == (2, 1)
+    assert out["F"][0, 0] == 0 and out["G"][0, 0] == pytest.approx(0.5)
+    assert out["G"][1, 0] < 0  # DeepCache-like at interval 5: well under half the teacher's MACs
+
+
+# --------------------------------------------------------------------------- prefix reuse
+def test_prefix_reuse_is_exact_and_saves_calls(small_config):
+    ev = CandidateEvaluator.get(small_config, 1)
+    ev.evaluator.ensure_teacher()
+    S = "DDIMScheduler"
+    plans = [
+        Plan(S, 10, (Segment(2, 1), Segment(1), Segment(2, 3), Segment(1), Segment(2, 0))),
+        Plan(S, 10, (Segment(2, 1), Segment(1), Segment(2, 3), Segment(2, 5), Segment(1))),  # shares 3 segments
+        Plan(S, 10, (Segment(2, 1), Segment(2, 2), Segment(1), Segment(1), Segment(1))),  # shares 1
+        Plan(S, 10, (Segment(1), Segment(1), Segment(1), Segment(1), Segment(1))),  # shares none
+        Plan(S, 10, (Segment(2, 1), Segment(1), Segment(2, 3), Segment(1), Segment(2, 0))),  # repeat of the first
+    ]
+    saved = ev.prefixes
+    try:
+        ev.prefixes = None
+        plain = [ev.evaluate(p) for p in plans]
+        plain_latents = [ev.loaded.latents(p, n=8) for p in plans]
+        store = PrefixStore()
+        ev.prefixes = store
+        reused = [ev.evaluate(p) for p in plans]
+        reused_latents = [ev.loaded.latents(p, n=8, prefixes=PrefixStore()) for p in plans]
+    finally:
+        ev.prefixes = saved
+    keys = ("rfid", "fid_to_real", "macs", "macs_ratio", "naive_calls")
+    for p, r in zip(plain, reused):
+        assert {k: p[k] for k in keys} == {k: r[k] for k in keys}
+    assert [r["calls"] for r in plain] == [r["naive_calls"] for r in plain] == [8, 8, 7, 5, 8]
+    # B resumes at segment 3 (2 + 1 calls left), C at segment 1, D shares nothing, the repeat of A
+    # at its deepest stored boundary (segment 4: 2 calls left)
+    assert [r["calls"] for r in reused] == [8, 3, 5, 5, 2]
+    assert sum(r["calls"] for r in reused) < sum(r["calls"] for r in plain)
+    assert store.hits == 3 and store.steps_saved == 3 * 2 + 1 * 2 + 4 * 2  # in base steps (L = 2)
+    for x, y in zip(plain_latents, reused_latents):
+        assert torch.equal(x, y)
+
+    # directly on latents with one store: bitwise equal to sampling from scratch
+    loaded = ev.loaded
+    store = PrefixStore()
+    for p in plans:
+        assert torch.equal(loaded.latents(p, n=8, prefixes=store), loaded.latents(p, n=8))
+    assert store.hits == 3
+
+
+# --------------------------------------------------------------------------- bad input
+def assert_one_error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("flexnas: error: ") and "Traceback" not in captured.err
+    return lines[0]
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--pop", "1"], "--pop"),
+    (["--gens", "0"], "--gens"),
+    (["--images", "1"], "--images"),
+    (["--algorithm", "ga"], "--macs-budget"),
+    (["--macs-budget", "1.5"], "--macs-budget"),
+    (["--macs-budget", "0"], "--macs-budget"),
+    (["--workers", "0"], "--workers"),
+    (["--workers", "2", "--dask", "tcp://127.0.0.1:9"], "not both"),
+    (["--choose", "-1"], "--choose"),
+    (["--segments", "2,x"], "--segments"),
+])
+def test_bad_search_input(tmp_path, capsys, extra, words):
+    out = tmp_path / "run"
+    assert cli(search_argv(out, *extra)) == 2
+    assert words in assert_one_error_line(capsys)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_existing_out_is_never_overwritten(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    (out / "front.json").write_text("[]")
+    before = snapshot(out)
+    assert cli(search_argv(out)) == 2
+    assert "--resume" in assert_one_error_line(capsys)
+    assert snapshot(out) == before
+
+
+def test_resume_with_corrupt_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pkl").write_bytes(b"\x80\x04garbage" + os.urandom(64))
+    (out / "evaluations.jsonl").write_text('{"key": "0"}\n')
+    before = snapshot(out)
+    assert cli(search_argv(out, "--resume")) == 2
+    assert "corrupt" in assert_one_error_line(capsys)
+    assert snapshot(out) == before
+
+
+def test_resume_with_truncated_checkpoint(nsga_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(nsga_run, out)
+    data = (out / "checkpoint.pkl").read_bytes()
+    (out / "checkpoint.pkl").write_bytes(data[: len(data) // 2])
+    before = snapshot(out)
+    assert cli(search_argv(out, "--resume")) == 2
+    assert "corrupt" in assert_one_error_line(capsys)
+    assert snapshot(out) == before
+
+
+def test_resume_without_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text("{}")
+    before = snapshot(out)
+    assert cli(search_argv(out, "--resume")) == 2
+    assert "checkpoint" in assert_one_error_line(capsys)
+    assert snapshot(out) == before
+    assert cli(search_argv(tmp_path / "missing", "--resume")) == 2
+    assert "does not exist" in assert_one_error_line(capsys)
+    assert not (tmp_path / "missing").exists()
+
+
+def run_cli_subprocess(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "flexnas.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_unreachable_dask_scheduler(tmp_path):
+    """In a subprocess, so that everything written to stderr (Dask's logging included) is seen."""
+    out = tmp_path / "run"
+    t0 = time.time()
+    proc = run_cli_subprocess(search_argv(out, "--dask", "tcp://127.0.0.1:9"), timeout=120)
+    elapsed = time.time() - t0
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("flexnas: error: ") and "Dask" in lines[0], proc.stderr
+    assert elapsed < 40  # the 10 s connection timeout, plus the interpreter's start
+    # nothing half-made: the folder is empty, so the same command can simply be run again
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_bad_input_through_the_real_entry_point(tmp_path):
+    proc = run_cli_subprocess(search_argv(tmp_path / "run", "--pop", "1"), timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["flexnas: error: --pop must be at least 2, got 1"]
+
+
+# --------------------------------------------------------------------------- space / plot / sample
+def test_space_command(capsys):
+    assert cli(["space", "--problem", "fashion-mnist"]) == 0
+    text = capsys.readouterr().out
+    seg = sum((6 * (100 // n)) ** n for n in (1, 2, 4, 5, 10, 20, 25, 50, 100))
+    assert "T=100" in text and "N in [1, 2, 4, 5, 10, 20, 25, 50, 100]" in text and "genome length 201" in text
+    assert f"{seg:.3e}" in text and f"{8 ** 100:.3e}" in text
+    assert "branch 5:" in text
+    assert cli(["space", "--problem", "fashion-mnist", "--segments", "10,20", "--branches", "0,1"]) == 0
+    text = capsys.readouterr().out
+    assert f"{20 ** 10 + 10 ** 20:.3e}" in text and f"{4 ** 100:.3e}" in text
+    assert cli(["space", "--problem", "fashion-mnist", "--segments", "3"]) == 2
+    assert "divide" in assert_one_error_line(capsys)
+    assert cli(["space", "--problem", "fashion-mnist", "--branches", "9"]) == 2
+    assert "do not exist" in assert_one_error_line(capsys)
+
+
+def test_plot_command(nsga_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(nsga_run, run)
+    (run / "pareto.png").unlink()
+    assert cli(["plot", str(run)]) == 0
+    assert (run / "pareto.png").read_bytes()[:8] == PNG
+    capsys.readouterr()
+    other = tmp_path / "other.png"
+    assert cli(["plot", str(run), "--out", str(other)]) == 0
+    assert other.read_bytes()[:8] == PNG
+    before = other.read_bytes()
+    assert cli(["plot", str(run), "--out", str(other)]) == 2
+    assert "already exists" in assert_one_error_line(capsys)
+    assert other.read_bytes() == before
+    assert cli(["plot", str(tmp_path / "nothing")]) == 2
+    assert "not a complete flexnas run folder" in assert_one_error_line(capsys)
+
+
+def test_sample_command(nsga_run, tmp_path, capsys):
+    grid = tmp_path / "grid.png"
+    plan = nsga_run / "plans" / "plan_0.json"
+    args = ["--threads", "1", "sample", "--problem", TINY, "--plan", str(plan), "--images", "4", "--out", str(grid)]
+    assert cli(args) == 0
+    data = grid.read_bytes()
+    assert data[:8] == PNG
+    capsys.readouterr()
+    assert cli(args) == 2
+    assert "already exists" in assert_one_error_line(capsys)
+    assert grid.read_bytes() == data
+    teacher = tmp_path / "teacher.png"  # no --plan: the teacher
+    assert cli(["--threads", "1", "sample", "--problem", TINY, "--images", "4", "--out", str(teacher)]) == 0
+    assert teacher.read_bytes()[:8] == PNG
+    assert cli([*args[:-3], "--images", "0", "--out", str(tmp_path / "none.png")]) == 2
+    assert "--images" in assert_one_error_line(capsys)
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_checkpoint_is_a_plain_pickle_of_the_algorithm(nsga_run):
+    with (nsga_run / "checkpoint.pkl").open("rb") as f:
+        algo = pickle.load(f)
+    assert algo.problem.space.T == 10
+    assert not hasattr(algo.problem, "cache") and not hasattr(algo.problem, "runner")
+
