@@ -52,7 +52,7 @@ class Settings:
 
     @classmethod
     def quick(cls, problem: str) -> "Settings":
-        return cls(problem=problem, overrides={"T": 20, "num_images": 16, "batch_size": 16}, images=16, pop=6,
+        return cls(problem=problem, overrides={"T": 20, "num_images": 16, "batch_size": 16}, images=16, pop=8,
                    gens=2, seeds=(0,), ga_budgets=(0.5, 0.3, 0.2), ga_seeds=(0,), validity_plans=6,
                    validity_rfid_images=16, validity_fid_images=32, wall_images=2, wall_repeats=1, grid_images=4)
 

@@ -86,14 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--hist-samples", type=int, default=1000)
-    p.add_argument("--quick", action="store_true", help="200 samples (for a smoke test)")
+    p.add_argument("--quick", action="store_true", help="100 samples (for a smoke test)")
     p.add_argument("--report", default=str(REPORT))
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--no-grid", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    samples = 200 if args.quick else args.samples
+    samples = 100 if args.quick else args.samples
     hist = min(args.hist_samples, samples)
     try:
         res = run(samples, hist, Path(args.report), Path(args.results), None if args.no_grid else GRID)

@@ -11,7 +11,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "apply": "flexnas.apply", "Plan": "flexnas.plan", "Segment": "flexnas.plan", "Step": "flexnas.plan",
+    "apply": "flexnas.pipeline", "Plan": "flexnas.plan", "Segment": "flexnas.plan", "Step": "flexnas.plan",
     "StepKind": "flexnas.plan", "PlanController": "flexnas.engine", "StepCounter": "flexnas.engine",
     "FlexnasError": "flexnas.errors", "PartialUNet": "flexnas.partial", "list_branches": "flexnas.partial",
     "Problem": "flexnas.problem", "get_problem": "flexnas.problem", "Conditioning": "flexnas.sampler",

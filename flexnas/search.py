@@ -265,10 +265,13 @@ def load_checkpoint(path: Path):
         raise FlexnasError(f"no checkpoint at {path}: nothing to resume (start a new run without --resume)")
     try:
         with path.open("rb") as f:
-            return pickle.load(f)
+            algorithm = pickle.load(f)
     except Exception as e:  # noqa: BLE001 - any unreadable pickle gets the same advice
         raise FlexnasError(f"checkpoint {path} is corrupt ({type(e).__name__}): restart the run in a new "
                            "--out folder") from None
+    if not isinstance(getattr(algorithm, "problem", None), FlexProblem):
+        raise FlexnasError(f"{path} is not a flexnas search checkpoint: restart the run in a new --out folder")
+    return algorithm
 
 
 # --------------------------------------------------------------------------- the run
@@ -323,11 +326,15 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, workers: i
     prepare_run_dir(out, resume)
     ckpt_path = out / "checkpoint.pkl"
     algorithm = load_checkpoint(ckpt_path) if resume else None
+    if resume and config.gens < algorithm.n_gen:
+        raise FlexnasError(f"--gens {config.gens}: this run has done {algorithm.n_gen} generations already; "
+                           "a resumed run can only grow")
     # connect before writing run.json: a scheduler that cannot be reached leaves no half-made run folder
     runner, closer = connect_runner(workers, dask)
     try:
         if resume:
             problem = algorithm.problem
+            problem.run_dir = out  # the folder may have been moved or copied since the checkpoint
             problem.config.gens = config.gens  # a resumed run keeps its own settings; only gens may grow
             config = problem.config
         else:
@@ -353,6 +360,10 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, workers: i
         if resume:
             algorithm.callback = cb
             algorithm.termination = MaximumGenerationTermination(config.gens)
+            # the checkpoint was pickled in pymoo's _post_advance, before it counts the generation done:
+            # update the termination for the generations done (a finished run adds none), then count it
+            algorithm.termination.update(algorithm)
+            algorithm.n_iter += 1
             res = minimize(problem, algorithm, copy_algorithm=False)
         else:
             res = minimize(problem, algorithm, MaximumGenerationTermination(config.gens), seed=config.seed,

@@ -28,4 +28,4 @@ def test_quick_benchmark_writes_report_and_figures(tmp_path, monkeypatch):
         if line.startswith("![") and "figures/" in line:
             assert (tmp_path / line.split("(")[1].rstrip(")")).is_file()
     tq = json.loads((results / "teacher_quality.json").read_text())
-    assert tq["samples"] == 200 and len(tq["class_histogram"]) == 10
+    assert tq["samples"] == 100 and len(tq["class_histogram"]) == 10

@@ -200,10 +200,21 @@ def test_resume_of_a_finished_run_adds_no_generation(nsga_run, tmp_path):
     shutil.copytree(nsga_run, run)
     n_before = len(evaluations_of(run))
     cfg = SearchConfig(problem=TINY, pop=4, gens=2, images=8, segments=[2, 5, 10])
+    before = snapshot(nsga_run)
     res, problem = run_search(cfg, run, resume=True, progress=False, threads=1)
-    assert res.algorithm.n_gen == 2
     assert len(evaluations_of(run)) == n_before
+    assert load_checkpoint(run / "checkpoint.pkl").n_gen == 2
     assert sorted(map(tuple, res.F.tolist())) == sorted((r[1], r[2]) for r in front_of(nsga_run))
+    assert snapshot(nsga_run) == before  # the folder it was copied from is left alone
+
+
+def test_resume_cannot_shrink_gens(nsga_run, tmp_path, capsys):
+    run = tmp_path / "done"
+    shutil.copytree(nsga_run, run)
+    before = snapshot(run)
+    assert cli(search_argv(run, "--gens", "1", "--resume")) == 2
+    assert "can only grow" in assert_one_error_line(capsys)
+    assert snapshot(run) == before
 
 
 # --------------------------------------------------------------------------- Dask workers
@@ -279,11 +290,11 @@ def test_ga_problem_constraint(small_config, tmp_path):
     space = SearchSpace.build("DDIMScheduler", 10, len(ev.loaded.branches), [2, 5, 10])
     problem = FlexProblem(space, cfg, tmp_path)
     X = np.array([space.join(10, np.zeros(10, int), np.ones(10, int)),
-                  space.join(2, np.array([3, 3]), np.array([5, 5]))])
+                  space.join(2, np.array([0, 0]), np.array([1, 1]))])  # 2 FULL steps, 8 NULL
     out = problem.evaluate(X, return_as_dictionary=True)
     assert out["F"].shape == (2, 1) and out["G"].shape == (2, 1)
     assert out["F"][0, 0] == 0 and out["G"][0, 0] == pytest.approx(0.5)
-    assert out["G"][1, 0] < 0  # DeepCache-like at interval 5: well under half the teacher's MACs
+    assert out["G"][1, 0] == pytest.approx(0.2 - 0.5)
 
 
 # --------------------------------------------------------------------------- prefix reuse
@@ -390,6 +401,16 @@ def test_resume_with_truncated_checkpoint(nsga_run, tmp_path, capsys):
     assert snapshot(out) == before
 
 
+def test_resume_with_a_pickle_that_is_no_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pkl").write_bytes(pickle.dumps({"n_gen": 1, "problem": None}))
+    before = snapshot(out)
+    assert cli(search_argv(out, "--resume")) == 2
+    assert "not a flexnas search checkpoint" in assert_one_error_line(capsys)
+    assert snapshot(out) == before
+
+
 def test_resume_without_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
@@ -478,7 +499,7 @@ def test_sample_command(nsga_run, tmp_path, capsys):
     teacher = tmp_path / "teacher.png"  # no --plan: the teacher
     assert cli(["--threads", "1", "sample", "--problem", TINY, "--images", "4", "--out", str(teacher)]) == 0
     assert teacher.read_bytes()[:8] == PNG
-    assert cli([*args[:-3], "--images", "0", "--out", str(tmp_path / "none.png")]) == 2
+    assert cli([*args[:-4], "--images", "0", "--out", str(tmp_path / "none.png")]) == 2
     assert "--images" in assert_one_error_line(capsys)
     assert not (tmp_path / "none.png").exists()
 
