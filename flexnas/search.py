@@ -325,6 +325,15 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, workers: i
     out = Path(out)
     prepare_run_dir(out, resume)
     ckpt_path = out / "checkpoint.pkl"
+    if resume and not ckpt_path.is_file() and (out / "run.json").is_file():
+        # stopped before its first checkpoint: start over with the run's own settings (known
+        # evaluations stay in evaluations.jsonl and are not repeated)
+        try:
+            saved = SearchConfig(**json.loads((out / "run.json").read_text())["config"])
+        except (ValueError, KeyError, TypeError):
+            raise FlexnasError(f"no checkpoint in {out} and its run.json is unreadable: nothing to resume "
+                               "(start a new run in another --out)") from None
+        saved.gens, config, resume = config.gens, saved, False
     algorithm = load_checkpoint(ckpt_path) if resume else None
     if resume and config.gens < algorithm.n_gen:
         raise FlexnasError(f"--gens {config.gens}: this run has done {algorithm.n_gen} generations already; "
@@ -337,6 +346,9 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, workers: i
             problem.run_dir = out  # the folder may have been moved or copied since the checkpoint
             problem.config.gens = config.gens  # a resumed run keeps its own settings; only gens may grow
             config = problem.config
+            meta = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
+            meta["config"] = asdict(config)
+            (out / "run.json").write_text(json.dumps(meta, indent=2, default=str))
         else:
             base = get_problem(config.problem, **config.problem_overrides())
             num_branches = len(base.load().branches) if (workers or dask) else \

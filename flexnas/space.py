@@ -40,11 +40,15 @@ class SearchSpace:
     def build(cls, scheduler: str, T: int, num_branches: int, Ns: list[int] | None = None,
               branches: list[int] | None = None, null_mode: str = "drop") -> "SearchSpace":
         """Default: every divisor of T, every branch of the model."""
+        if Ns is not None and not Ns:
+            raise FlexnasError("no segment counts given: list admissible N, e.g. --segments 5,10,20")
+        if branches is not None and not branches:
+            raise FlexnasError("no branches given: list candidate branches, e.g. --branches 0,1,2")
         branches = list(range(num_branches)) if branches is None else branches
         bad = [b for b in branches if not 0 <= b < num_branches]
         if bad:
             raise FlexnasError(f"branches {bad} do not exist: the model has branches 0..{num_branches - 1}")
-        return cls(scheduler, T, tuple(Ns or divisors(T)), tuple(branches), null_mode)
+        return cls(scheduler, T, tuple(divisors(T) if Ns is None else Ns), tuple(branches), null_mode)
 
     # ------------------------------------------------------------------ genome layout
     @property

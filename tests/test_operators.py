@@ -42,30 +42,44 @@ def space(request):
 
 
 # --------------------------------------------------------------------------- sampling
+def is_deepcache(sp, x) -> bool:
+    """All steps active: every segment's interval is L (N < T), one branch throughout."""
+    n, b, k = sp.split(x)
+    return n < sp.T and bool(np.all(k == sp.T // n)) and len(set(b.tolist())) == 1
+
+
+def is_step_reduction(sp, x) -> bool:
+    """One FULL step per segment, the rest NULL (N < T)."""
+    n, b, k = sp.split(x)
+    return n < sp.T and bool(np.all(k == 1))
+
+
 def test_sampling_seeds_teacher_then_uniform():
     sp = SPACES["T10-N2,5,10-B6"]
-    X = FlexSampling()._do(stand_in(sp), 12, random_state=np.random.default_rng(0))
+    X = FlexSampling()._do(stand_in(sp), 3, random_state=np.random.default_rng(0))
     assert_all_canonical(sp, X)
     teacher = sp.decode(X[0])
     assert teacher.N == 10 and all(s.interval == 1 for s in teacher.segments)
-    # DeepCache-like: N < T, every segment all-active (interval = L) at one branch
-    for x in X[1:1 + 12 - 1]:
-        n, b, k = sp.split(x)
-        assert n in (2, 5) and np.all(k == sp.T // n) and len(set(b.tolist())) == 1
-    # 2 values of N with L > 1, 6 branches: 12 uniform seeds; the first 11 follow the teacher
-    X = FlexSampling()._do(stand_in(sp), 16, random_state=np.random.default_rng(1))
-    uniform = {sp.key(x) for x in X[1:13]}
-    assert len(uniform) == 12
-    assert_all_canonical(sp, X)
+    assert is_deepcache(sp, X[1])  # the DeepCache-like uniform plan right after the teacher
+    # teacher + 12 DeepCache-like (N in {2, 5} x 6 branches) + 2 step-reduction seeds, then random
+    for seed in range(20):
+        X = FlexSampling()._do(stand_in(sp), 20, random_state=np.random.default_rng(seed))
+        assert_all_canonical(sp, X)
+        assert sp.decode(X[0]).N == 10 and is_deepcache(sp, X[1])
+        dc = {sp.key(x) for x in X[1:15] if is_deepcache(sp, x)}
+        st = {sp.key(x) for x in X[1:15] if is_step_reduction(sp, x)}
+        assert len(dc) == 12 and len(st) == 2 and len(dc | st) == 14
+        assert {sp.split(np.array(k))[0] for k in st} == {2, 5}
 
 
 def test_sampling_without_teacher_in_space():
     sp = SPACES["T100-N10-B3"]  # T=100 is not an admissible N: no teacher
-    X = FlexSampling()._do(stand_in(sp), 5, random_state=np.random.default_rng(0))
+    X = FlexSampling()._do(stand_in(sp), 6, random_state=np.random.default_rng(0))
     assert_all_canonical(sp, X)
-    n, b, k = sp.split(X[0])
-    assert n == 10 and np.all(k == 10) and len(set(b.tolist())) == 1
-    assert len({sp.key(x) for x in X[:3]}) == 3  # the 3 uniform seeds, one per branch
+    assert is_deepcache(sp, X[0])
+    seeds = X[:4]  # 3 DeepCache-like (one per branch) and the step reduction to N=10
+    assert sum(is_deepcache(sp, x) for x in seeds) == 3 and sum(is_step_reduction(sp, x) for x in seeds) == 1
+    assert len({sp.key(x) for x in seeds}) == 4
 
 
 def test_sampling_pymoo_do_returns_population():
@@ -83,9 +97,8 @@ def test_sampling_property(space, n_samples):
         assert_all_canonical(space, X)
         if space.T in space.Ns:
             assert space.decode(X[0]).N == space.T
-        elif n_samples >= 1 and any(space.T // n > 1 for n in space.Ns):
-            n, b, k = space.split(X[0])
-            assert np.all(k == space.T // n)
+        else:
+            assert is_deepcache(space, X[0])
 
 
 def test_sampling_is_seeded():

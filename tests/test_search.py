@@ -35,11 +35,30 @@ OUTPUTS = ("candidates.csv", "candidates.json", "front.csv", "front.json", "chos
            "evaluations.jsonl", "run.json", "summary.json")
 
 
+def snapshot_pipeline(dst: Path) -> Path:
+    """A copy of the embedded DDPM pipeline folder that loads (retried: a background training
+    run may be rewriting the shipped weights while we copy them)."""
+    from diffusers import DDPMPipeline
+
+    from problems.fashion_mnist.model import PIPELINE_DIR
+
+    for attempt in range(10):
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(PIPELINE_DIR, dst)
+        try:
+            DDPMPipeline.from_pretrained(dst, local_files_only=True)
+            return dst
+        except Exception:  # noqa: BLE001 - a half-written file: copy again
+            time.sleep(2)
+    raise RuntimeError(f"could not snapshot {PIPELINE_DIR}")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def search_env(tmp_path_factory):
     """One temporary FLEXNAS_CACHE for the module (teacher statistics are shared by its runs);
-    tests/ importable here and in Dask worker processes."""
+    tests/ importable here and in Dask worker processes; one snapshot of the model weights."""
     mp = pytest.MonkeyPatch()
+    mp.setenv("FLEXNAS_TEST_PIPELINE", str(snapshot_pipeline(tmp_path_factory.mktemp("weights") / "ddpm")))
     mp.setenv("FLEXNAS_CACHE", str(tmp_path_factory.mktemp("flexnas-cache")))
     mp.setenv("HF_HUB_OFFLINE", "1")
     mp.setenv("OMP_WAIT_POLICY", "PASSIVE")
@@ -232,7 +251,7 @@ def test_workers_give_the_in_process_front(nsga_run, tmp_path):
 # --------------------------------------------------------------------------- evaluation cache
 @pytest.fixture
 def small_config():
-    return SearchConfig(pop=4, gens=2, images=8, segments=[2, 5, 10], overrides=dict(OVERRIDES))
+    return SearchConfig(problem=TINY, pop=4, gens=2, images=8, segments=[2, 5, 10], overrides=dict(OVERRIDES))
 
 
 def test_evaluation_cache_prevents_re_evaluation(small_config, tmp_path, monkeypatch, count_calls):
@@ -510,3 +529,25 @@ def test_checkpoint_is_a_plain_pickle_of_the_algorithm(nsga_run):
     assert algo.problem.space.T == 10
     assert not hasattr(algo.problem, "cache") and not hasattr(algo.problem, "runner")
 
+
+
+def test_resume_before_first_checkpoint_starts_over_without_re_evaluating(nsga_run, tmp_path):
+    """A run stopped before its first checkpoint keeps run.json and evaluations.jsonl: --resume
+    starts over with the run's own settings, answers every known genome from the cache, and
+    ends on the uninterrupted run's front."""
+    run = tmp_path / "early"
+    run.mkdir()
+    for name in ("run.json", "evaluations.jsonl"):
+        shutil.copy(nsga_run / name, run / name)
+    n_before = len(evaluations_of(run))
+    cfg = SearchConfig(problem=TINY, pop=4, gens=2, images=8, segments=[2, 5, 10])
+    res, problem = run_search(cfg, run, resume=True, progress=False, threads=1)
+    assert len(evaluations_of(run)) == n_before  # everything came from the evaluation cache
+    assert (run / "checkpoint.pkl").is_file()
+    assert sorted(map(tuple, res.F.tolist())) == sorted((r[1], r[2]) for r in front_of(nsga_run))
+
+
+def test_empty_segment_or_branch_list_is_an_error(tmp_path, capsys):
+    for extra, words in ((["--segments", ""], "no segment counts"), (["--branches", ""], "no branches")):
+        assert cli(search_argv(tmp_path / "x", *extra)) == 2
+        assert words in assert_one_error_line(capsys)
