@@ -17,6 +17,7 @@ _EXPORTS = {
     "Problem": "flexnas.problem", "get_problem": "flexnas.problem", "Conditioning": "flexnas.sampler",
     "sample": "flexnas.sampler", "SearchSpace": "flexnas.space", "rfid": "flexnas.objectives",
     "Evaluator": "flexnas.objectives", "MacCounter": "flexnas.macs",
+    "problem_from_pretrained": "flexnas.pretrained", "ClipScorer": "flexnas.clip",
 }
 __all__ = sorted(_EXPORTS)
 

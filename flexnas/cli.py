@@ -31,13 +31,45 @@ def _setup_torch(threads: int | None) -> None:
     torch.set_num_threads(threads or max(1, min(2, os.cpu_count() or 1)))
 
 
-def _load(args: argparse.Namespace):
-    from flexnas.problem import get_problem
+# CLI option -> problem override (Problem field or problem_from_pretrained argument)
+MODEL_OVERRIDES = {"scheduler": "scheduler", "base_steps": "T", "guidance": "guidance_scale", "prompts": "prompts",
+                   "resolution": "resolution", "device": "device", "dtype": "dtype", "batch_size": "batch_size"}
 
+
+def _problem_spec(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """(problem spec for ``get_problem``, overrides) from ``--problem`` and/or ``--model`` and the model options.
+
+    ``--problem NAME`` alone: a registered problem; ``--model PATH_OR_ID`` alone: any diffusers pipeline
+    with a U-Net (defaults from its pipeline class); both: the named problem's settings on local weights.
+    """
+    problem, model = getattr(args, "problem", None), getattr(args, "model", None)
+    if not problem and not model:
+        raise FlexnasError("give --problem NAME (e.g. fashion-mnist) or --model PATH_OR_HUB_ID (a diffusers pipeline)")
+    if model and Path(model).expanduser().is_dir():
+        model = str(Path(model).expanduser().resolve())  # absolute: run.json and workers must find it again
     overrides: dict[str, Any] = {}
+    if problem and model:
+        overrides["model"] = model
     if getattr(args, "null_mode", None):
         overrides["null_mode"] = args.null_mode
-    return get_problem(args.problem, **overrides)
+    for opt, key in MODEL_OVERRIDES.items():
+        value = getattr(args, opt, None)
+        if value is not None:
+            overrides[key] = value
+    if "prompts" in overrides:
+        overrides["prompts"] = str(Path(overrides["prompts"]).expanduser().resolve())
+    for key in ("T", "resolution", "batch_size"):
+        _positive({"T": "steps", "batch_size": "batch-size"}.get(key, key), overrides.get(key))
+    return problem or model, overrides
+
+
+def _load(args: argparse.Namespace):
+    from flexnas.problem import get_problem, resolve_device, resolve_dtype
+
+    spec, overrides = _problem_spec(args)
+    problem = get_problem(spec, **overrides)
+    resolve_dtype(problem.dtype, resolve_device(problem.device))  # a bad --device/--dtype fails before any work
+    return problem
 
 
 def _read_plan(path: str):
@@ -104,7 +136,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     c = plan.counts()
     partial = ", ".join(f"b{b}: {n}" for b, n in c["partial"].items()) or "none"
     print(f"full {c['full']}  partial {sum(c['partial'].values())} ({partial})  null {c['null']}")
-    if args.problem:
+    if args.problem or args.model:
         from flexnas.macs import MacCounter
 
         loaded = _load(args).load()
@@ -112,6 +144,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         macs = MacCounter.for_problem(loaded)
         print(f"MACs per image {macs.plan_macs(plan) / 1e6:.1f}M  ratio to teacher {macs.ratio(plan):.3f} "
               f"(speed-up {1 / macs.ratio(plan):.2f}x)")
+        if macs.decode is not None:
+            print(f"decode MACs per image {macs.decode / 1e6:.1f}M (VAE/VQ decoder, once per image, not in the ratio)")
     return 0
 
 
@@ -149,7 +183,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.wall_images < 0:
         raise FlexnasError(f"--wall-images must be >= 0, got {args.wall_images}")
     plan = _read_plan(args.plan)
-    ev = Evaluator(_load(args), images=args.images, extractor=args.extractor, extractor_weights=args.inception_weights)
+    ev = Evaluator(_load(args), images=args.images, extractor=args.extractor, extractor_weights=args.inception_weights,
+                   clip=args.clip)
     plan.validate(len(ev.loaded.branches))
     res = ev.evaluate(plan, wall_images=args.wall_images)
     if args.json:
@@ -201,12 +236,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     for name in ("choose", "wall_images", "grid_images"):
         if getattr(args, name) < 0:
             raise FlexnasError(f"--{name.replace('_', '-')} must be >= 0")
-    config = SearchConfig(problem=args.problem, algorithm=args.algorithm, pop=args.pop, gens=args.gens,
+    spec, overrides = _problem_spec(args)
+    overrides.pop("null_mode", None)  # SearchConfig.null_mode carries it
+    label = _load(args).name  # checks the problem / model before any run folder is made
+    config = SearchConfig(problem=spec, algorithm=args.algorithm, pop=args.pop, gens=args.gens,
                           seed=args.seed, macs_budget=args.macs_budget, images=args.images,
                           objective=args.objective, segments=_int_list(args.segments, "segments"),
                           branches=_int_list(args.branches, "branches"), null_mode=args.null_mode,
-                          extractor=args.extractor, extractor_weights=args.inception_weights).validate()
-    out = Path(args.out) if args.out else Path("runs") / f"{args.problem}-{args.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
+                          extractor=args.extractor, extractor_weights=args.inception_weights,
+                          overrides=overrides).validate()
+    out = Path(args.out) if args.out else Path("runs") / f"{label}-{args.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
     started = time.time()
     res, problem = run_search(config, out, resume=args.resume, workers=args.workers, dask=args.dask,
                               progress=not args.quiet, threads=args.threads)
@@ -253,12 +292,30 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
         return sp
 
-    def problem_arg(sp: argparse.ArgumentParser, required: bool = True) -> None:
-        sp.add_argument("--problem", required=required, default=None if required else None,
-                        help="registered problem name (e.g. fashion-mnist) or module:function")
+    def problem_arg(sp: argparse.ArgumentParser, required: bool = True, steps_flag: bool = True) -> None:
+        """--problem and/or --model (one of them is required, checked in _problem_spec) and the model options."""
+        sp.add_argument("--problem", default=None,
+                        help="registered problem name (fashion-mnist, ddpm-cifar10, ldm-celebahq, sd15) or "
+                             "module:function")
+        g = sp.add_argument_group("model options (any diffusers pipeline whose denoiser is a U-Net)")
+        g.add_argument("--model", default=None, metavar="PATH_OR_ID",
+                       help="diffusers pipeline folder or hub id; alone: defaults from its pipeline class; with "
+                            "--problem: that problem's settings on these weights")
+        g.add_argument("--scheduler", default=None, help="diffusers scheduler class of the base schedule "
+                       "(e.g. DDIMScheduler, PNDMScheduler, DPMSolverMultistepScheduler)")
+        g.add_argument(*(("--steps", "--base-steps") if steps_flag else ("--base-steps",)), dest="base_steps",
+                       type=int, default=None, metavar="T", help="steps T of the base schedule")
+        g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (text-to-image)")
+        g.add_argument("--prompts", default=None, metavar="FILE",
+                       help="prompt file: text (one per line) or JSON (text-to-image)")
+        g.add_argument("--resolution", type=int, default=None, metavar="PIXELS", help="image side in pixels")
+        g.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the problem's)")
+        g.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"),
+                       help="model precision (fp16 needs a GPU; default: as loaded)")
+        g.add_argument("--batch-size", type=int, default=None, help="images per sampler batch")
 
     sp = add("plan", "write a common plan as JSON (stdout, or --out)")
-    problem_arg(sp)
+    problem_arg(sp, steps_flag=False)  # --steps here is the plain step-reduction plan
     sp.add_argument("--teacher", action="store_true", help="every step FULL")
     sp.add_argument("--deepcache", type=int, metavar="INTERVAL", help="DeepCache uniform: FULL every INTERVAL steps")
     sp.add_argument("--steps", type=int, metavar="T2", help="plain step reduction to T2 steps")
@@ -288,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--wall-images", type=int, default=16, help="images per wall-clock measurement (0: skip)")
     sp.add_argument("--extractor", default=None, help="torch-fidelity feature extractor (default: the problem's)")
     sp.add_argument("--inception-weights", default=None, help="local Inception-v3 weights file")
+    sp.add_argument("--clip", default=None, metavar="FOLDER",
+                    help="local transformers CLIPModel folder: adds clip_score (text-to-image problems)")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp = add("space", "print the search space and its size")
     problem_arg(sp)

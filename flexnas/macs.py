@@ -91,13 +91,38 @@ def count_unet(unet: torch.nn.Module, sample_shape: tuple[int, ...], unet_kwargs
     return full, partial
 
 
+class _Decode(torch.nn.Module):
+    """A VAE / VQ model's ``decode`` as a module returning a plain tensor, for tracing."""
+
+    def __init__(self, vae: torch.nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z, return_dict=False)[0]
+
+
+@torch.no_grad()
+def count_decode(vae: torch.nn.Module, latent_shape: tuple[int, ...]) -> int:
+    """MACs of decoding one image's latents ``latent_shape`` with ``vae.decode`` (VAE or VQ model)."""
+    z = torch.randn(1, *latent_shape, device=vae.device, dtype=vae.dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return int(count_macs(_Decode(vae), (z,)).total())
+
+
 @dataclass
 class MacCounter:
-    """Per-image MACs of FULL and PARTIAL steps; ``cfg_factor`` 2 when guidance doubles the batch."""
+    """Per-image MACs of FULL and PARTIAL steps; ``cfg_factor`` 2 when guidance doubles the batch.
+
+    ``decode`` is the per-image MACs of the VAE / VQ decode of latent models (None for pixel models):
+    reported beside the denoiser's, never part of plan MACs or their ratios.
+    """
 
     full: int
     partial: dict[int, int]
     cfg_factor: int = 1
+    decode: int | None = None
 
     def step_macs(self, kind: StepKind, branch: int | None = None) -> int:
         if kind is StepKind.FULL:
@@ -127,14 +152,17 @@ class MacCounter:
         shapes = sorted((k, tuple(v.shape) if torch.is_tensor(v) else v) for k, v in kwargs.items())
         key = f"{loaded.identity}-{'x'.join(map(str, loaded.sample_shape))}-{shapes}"
         path = cache_dir() / "macs" / f"{_slug(key)}.json"
-        if path.is_file():
-            d = json.loads(path.read_text())
-            full, partial = d["full"], {int(k): v for k, v in d["partial"].items()}
-        else:
-            full, partial = count_unet(loaded.unet, loaded.sample_shape, kwargs)
+        vae = getattr(loaded, "vae", None)
+        d = json.loads(path.read_text()) if path.is_file() else None
+        if d is None or (vae is not None and d.get("decode") is None):
+            if d is None:
+                full, partial = count_unet(loaded.unet, loaded.sample_shape, kwargs)
+                d = {"key": key, "full": full, "partial": partial}
+            d["decode"] = count_decode(vae, loaded.sample_shape) if vae is not None else None
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"key": key, "full": full, "partial": partial}))
-        return cls(full, partial, 2 if cond.cfg else 1)
+            path.write_text(json.dumps(d))
+        full, partial = d["full"], {int(k): v for k, v in d["partial"].items()}
+        return cls(full, partial, 2 if cond.cfg else 1, d.get("decode"))
 
 
 def _slug(key: str) -> str:

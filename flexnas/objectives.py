@@ -28,7 +28,6 @@ from flexnas.features import resolve_extractor
 from flexnas.macs import MacCounter, cache_dir
 from flexnas.plan import Plan
 from flexnas.problem import LoadedProblem, Problem
-from flexnas.sampler import to_images
 
 FID_KEY = "frechet_inception_distance"
 
@@ -93,7 +92,8 @@ class Evaluator:
     """Scores plans of one problem: rFID, FID to real images, MACs and wall-clock time."""
 
     def __init__(self, problem: Problem | LoadedProblem, images: int | None = None, extractor: str | None = None,
-                 extractor_weights: str | Path | None = None, cache_root: str | Path | None = None):
+                 extractor_weights: str | Path | None = None, cache_root: str | Path | None = None,
+                 clip: str | Path | None = None):
         self.loaded = problem if isinstance(problem, LoadedProblem) else problem.load()
         p = self.loaded.problem
         self.n = p.num_images if images is None else images
@@ -104,6 +104,13 @@ class Evaluator:
         self.cache_root = Path(cache_root) if cache_root else cache_dir() / "fidelity"
         self.macs = MacCounter.for_problem(self.loaded)
         self._teacher_wall: dict[int, float] = {}
+        self.clip = None
+        if clip is not None:
+            from flexnas.clip import ClipScorer
+
+            if self.loaded.prompts(0, 1) is None:
+                raise FlexnasError(f"--clip scores images against their prompts: problem {p.name} has no prompts")
+            self.clip = ClipScorer(clip, self.loaded.device)
 
     # ------------------------------------------------------------------ keys
     def teacher_key(self) -> str:
@@ -117,6 +124,13 @@ class Evaluator:
                            "cond": repr(sorted(cond_desc.items())), "labels": p.class_labels,
                            "extractor": self.extractor, "weights": self.extractor_kw.get("feature_extractor_weights_path"),
                            "device": str(self.loaded.device), "dtype": str(self.loaded.unet.dtype)}, sort_keys=True)
+        extra = {}
+        if p.resolution is not None:
+            extra["shape"] = list(self.loaded.sample_shape)
+        if p.prompts:
+            extra["prompts"] = hashlib.sha256(json.dumps(self.loaded.prompts(0, self.n)).encode()).hexdigest()
+        if extra:  # only problems that have these, so existing keys stay valid
+            desc += json.dumps(extra, sort_keys=True)
         return f"flexnas-teacher-{p.name}-{hashlib.sha256(desc.encode()).hexdigest()[:20]}"
 
     def teacher_dataset(self) -> ImageDataset:
@@ -135,7 +149,7 @@ class Evaluator:
         if not torch.isfinite(latents).all():
             warnings.warn("candidate images contain NaN or inf (the sampler diverged): rfid = inf", RuntimeWarning)
             return math.inf
-        images = to_images(latents, self.loaded.vae)
+        images = self.loaded.decode(latents)
         return max(0.0, fidelity_fid(ImageDataset(len(images), lambda: images), self.teacher_dataset(),
                                      self.cache_root, self.extractor_kw, input2_cache_name=self.teacher_key()))
 
@@ -167,9 +181,17 @@ class Evaluator:
             return None
         if not torch.isfinite(latents).all():
             return math.inf
-        images = to_images(latents, self.loaded.vae)
+        images = self.loaded.decode(latents)
         return max(0.0, fidelity_fid(ImageDataset(len(images), lambda: images), ImageDataset(0, lambda: images),
                                      self.cache_root, self.extractor_kw, input2_cache_name=name))
+
+    def clip_score_of_latents(self, latents: torch.Tensor) -> float:
+        """CLIP score (100 x cosine, floored at 0, mean over images) of the images against their prompts."""
+        if self.clip is None:
+            raise FlexnasError("no CLIP model: pass clip=FOLDER (CLI: --clip FOLDER)")
+        if not torch.isfinite(latents).all():
+            return math.nan
+        return self.clip.score(self.loaded.decode(latents), self.loaded.prompts(0, len(latents)))
 
     def wall(self, plan: Plan | None, images: int = 16, repeats: int = 3) -> float:
         """Median seconds to generate ``images`` images under ``plan`` (None = teacher)."""
@@ -189,6 +211,10 @@ class Evaluator:
             "macs": self.macs.plan_macs(plan),
             "macs_ratio": self.macs.ratio(plan),
         }
+        if self.macs.decode is not None:
+            out["decode_macs"] = self.macs.decode
+        if self.clip is not None:
+            out["clip_score"] = self.clip_score_of_latents(latents)
         if wall_images > 0:
             w, tw = self.wall(plan, wall_images, repeats), self.teacher_wall(wall_images, repeats)
             out.update(wall_s=w, teacher_wall_s=tw, wall_ratio=w / tw)

@@ -6,6 +6,7 @@ flexnas through the ``flexnas.problems`` entry-point group, or as ``module:funct
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 from collections import OrderedDict
@@ -47,49 +48,137 @@ class Problem:
     real_statistics: Path | None = None
     branches: tuple[int, ...] | None = None
     description: str = ""
+    prompts: list[str] | None = None  # the text of image i is prompts[i % len(prompts)] (text-to-image problems)
+    resolution: int | None = None  # image side in pixels (default: the U-Net's sample size times the VAE factor)
+    device: str = "cpu"  # cpu, cuda, cuda:N, or auto (cuda when available)
+    dtype: str | None = None  # fp32, fp16 or bf16 (None: as loaded)
 
-    def load(self, device: str = "cpu") -> "LoadedProblem":
-        return LoadedProblem(self, device)
+    def load(self, device: str | None = None, dtype: str | None = None) -> "LoadedProblem":
+        """The pipeline in memory on ``device`` in ``dtype`` (defaults: the problem's own fields)."""
+        return LoadedProblem(self, device, dtype)
 
     def teacher_plan(self) -> Plan:
         return Plan.teacher(self.scheduler, self.T, self.null_mode).with_meta(problem=self.name)
 
 
-class LoadedProblem:
-    """A problem with its pipeline in memory: generates images for any plan from fixed noise."""
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+          "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
-    def __init__(self, problem: Problem, device: str = "cpu"):
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda when available) as a checked torch device."""
+    name = str(device or "cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise FlexnasError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FlexnasError(f"device {name!r} asked for but CUDA is not available here "
+                               "(torch.cuda.is_available() is False): use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise FlexnasError(f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif dev.type != "cpu" and dev.type != "mps":
+        raise FlexnasError(f"unsupported device {name!r}: use cpu, cuda, cuda:N or auto")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
+    """``fp32``/``fp16``/``bf16`` (or a torch dtype) as a torch dtype; None keeps the loaded one."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        out = dtype
+    else:
+        out = DTYPES.get(str(dtype).lower())
+        if out is None:
+            raise FlexnasError(f"unknown dtype {dtype!r}: use fp32, fp16 or bf16")
+    if out is torch.float16 and device.type == "cpu":
+        raise FlexnasError("fp16 runs on a GPU only: use --device cuda with --dtype fp16 (on CPU use fp32 or bf16)")
+    return out
+
+
+def vae_scale_factor(vae: Any) -> int:
+    """Pixels per latent cell of a diffusers VAE / VQ model (2 ** (levels - 1)), 1 without one."""
+    if vae is None:
+        return 1
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def _hash_module(h: Any, module: torch.nn.Module) -> None:
+    h.update(repr(sorted(dict(module.config).items())).encode())
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+class LoadedProblem:
+    """A problem with its pipeline in memory: generates images for any plan from fixed noise.
+
+    The whole pipeline (U-Net, VAE, text encoder) is moved to the problem's device and dtype.
+    Initial noise is drawn on the CPU (``torch.Generator("cpu")``) in the model's dtype and then
+    moved, so a seed gives the same noise on every device, exactly as a stock pipeline called
+    with a CPU generator draws it.
+    """
+
+    def __init__(self, problem: Problem, device: str | None = None, dtype: str | None = None):
         import diffusers
 
         self.problem = problem
-        self.device = torch.device(device)
+        self.device = resolve_device(device or problem.device)
+        dtype = resolve_dtype(dtype or problem.dtype, self.device)
         self.pipeline = problem.load_pipeline()
         self.unet = getattr(self.pipeline, "unet", None)
         if self.unet is None:
             raise FlexnasError(f"problem {problem.name}: the pipeline has no 'unet' denoiser; flexnas supports "
                                "UNet2DModel and UNet2DConditionModel")
-        self.unet.to(self.device).eval()
+        self.vae = getattr(self.pipeline, "vae", None) or getattr(self.pipeline, "vqvae", None)
+        if isinstance(self.pipeline, diffusers.DiffusionPipeline):
+            self.pipeline.to(device=self.device, dtype=dtype)
+        else:
+            for module in (self.unet, self.vae):
+                if module is not None:
+                    module.to(device=self.device, dtype=dtype)
+        self.unet.eval()
+        if self.vae is not None:
+            self.vae.eval()
+        self.dtype = self.unet.dtype
         self.branches = list_branches(self.unet)
         cls = getattr(diffusers, problem.scheduler, None)
         if cls is None:
             raise FlexnasError(f"unknown scheduler {problem.scheduler!r}: name a diffusers scheduler class")
         self.scheduler = cls.from_config(self.pipeline.scheduler.config, **problem.scheduler_kwargs)
-        self.vae = getattr(self.pipeline, "vae", None) or getattr(self.pipeline, "vqvae", None)
-        cfg = self.unet.config
-        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-        self.sample_shape = (cfg.in_channels, size, size)
+        self.sample_shape = self._sample_shape()
         self._identity: str | None = None
+
+    def _sample_shape(self) -> tuple[int, ...]:
+        cfg = self.unet.config
+        if self.problem.resolution is None:
+            size = cfg.sample_size
+            return (cfg.in_channels, *size) if isinstance(size, (tuple, list)) else (cfg.in_channels, size, size)
+        res, scale = self.problem.resolution, vae_scale_factor(self.vae)
+        multiple = scale * 2 ** (len(self.unet.down_blocks) - 1)
+        if res < multiple or res % multiple:
+            raise FlexnasError(f"resolution {res} does not fit {self.problem.name}: it must be a multiple of "
+                               f"{multiple} (VAE factor {scale} x U-Net downsampling {multiple // scale})")
+        return (cfg.in_channels, res // scale, res // scale)
 
     @property
     def identity(self) -> str:
-        """A short hash of the U-Net weights and config: the model part of cache keys."""
+        """A short hash of the U-Net (and VAE) weights and config: the model part of cache keys."""
         if self._identity is None:
-            h = hashlib.sha256(repr(sorted(dict(self.unet.config).items())).encode())
-            for k, v in sorted(self.unet.state_dict().items()):
-                h.update(k.encode())
-                h.update(v.detach().cpu().contiguous().numpy().tobytes())
+            h = hashlib.sha256()
+            _hash_module(h, self.unet)
+            if self.vae is not None:
+                _hash_module(h, self.vae)
             self._identity = h.hexdigest()[:16]
         return self._identity
+
+    def prompts(self, start: int, stop: int) -> list[str] | None:
+        """The prompt texts of images ``start..stop`` (None for problems without prompts)."""
+        ps = self.problem.prompts
+        return [ps[i % len(ps)] for i in range(start, stop)] if ps else None
 
     def conditioning(self, start: int, stop: int) -> Conditioning:
         p = self.problem
@@ -106,8 +195,12 @@ class LoadedProblem:
         return [(s, min(s + bs, n)) for s in range(0, n, bs)]
 
     def noise(self, start: int, stop: int, seed: int) -> tuple[torch.Tensor, torch.Generator]:
-        """Initial noise of images ``start..stop``: batch ``b`` draws from ``Generator(seed + b)``."""
-        g = torch.Generator(self.device).manual_seed(seed + start // self.problem.batch_size)
+        """Initial noise of images ``start..stop``: batch ``b`` draws from ``Generator("cpu")`` seeded ``seed + b``.
+
+        Drawn on the CPU and moved, so the same seed gives the same noise on every device (stochastic
+        schedulers draw their step noise from the same CPU generator).
+        """
+        g = torch.Generator("cpu").manual_seed(seed + start // self.problem.batch_size)
         return initial_noise((stop - start, *self.sample_shape), g, self.device, self.unet.dtype), g
 
     @torch.no_grad()
@@ -147,10 +240,18 @@ class LoadedProblem:
                                   start_step=start_step, start_x=start_x, on_step=on_step))
         return torch.cat(out)
 
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Final latents to float32 CPU images in [0, 1], decoded batch by batch (VAE/VQ for latent models).
+
+        The decode is the stock pipelines' own (``vae.decode(latents / scaling_factor)``), in the model's dtype.
+        """
+        bs = self.problem.batch_size
+        return torch.cat([to_images(latents[i:i + bs], self.vae).float().cpu() for i in range(0, len(latents), bs)])
+
     def images(self, plan: Plan | None, n: int | None = None, seed: int | None = None,
                counter: StepCounter | None = None) -> torch.Tensor:
-        """Images in [0, 1], shape [n, C, H, W]."""
-        return to_images(self.latents(plan, n, seed, counter), self.vae)
+        """Images in [0, 1], shape [n, C, H, W] (float32, on the CPU)."""
+        return self.decode(self.latents(plan, n, seed, counter))
 
 
 class PrefixStore:
@@ -208,16 +309,32 @@ def available_problems() -> dict[str, Any]:
 
 
 def get_problem(name: str, **overrides: Any) -> Problem:
-    """A problem by registered name (``flexnas.problems`` entry points) or ``module:function``."""
+    """A problem by registered name (``flexnas.problems`` entry points), ``module:function``, or a
+    diffusers pipeline given as a local folder or hub id (``flexnas.pretrained.problem_from_pretrained``)."""
+    from flexnas.pretrained import looks_like_model, problem_from_pretrained
+
     eps = available_problems()
     if name in eps:
         factory = eps[name].load()
+    elif Path(name).expanduser().is_dir() or (looks_like_model(name) and ":" not in name):
+        factory = functools.partial(problem_from_pretrained, name)
     elif ":" in name:
         factory = _problem_from_spec(name)
     else:
         known = ", ".join(sorted(eps)) or "none installed"
-        raise FlexnasError(f"unknown problem {name!r}: choose one of {known}, or give module:function")
-    problem = factory(**overrides)
+        raise FlexnasError(f"unknown problem {name!r}: choose one of {known}, give module:function, or a diffusers "
+                           "pipeline folder / hub id (--model)")
+    try:
+        problem = factory(**overrides)
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):
+            raise
+        raise FlexnasError(f"problem {name!r} does not take that option ({e})") from None
     if not isinstance(problem, Problem):
         raise FlexnasError(f"problem factory {name!r} returned {type(problem).__name__}, not a flexnas Problem")
+    if problem.encode_prompts is None:
+        if overrides.get("prompts") is not None:
+            raise FlexnasError(f"problem {problem.name} is not text-to-image: prompts do not apply to it")
+        if overrides.get("guidance_scale") not in (None, 1, 1.0):
+            raise FlexnasError(f"problem {problem.name} is not text-to-image: guidance does not apply to it")
     return problem

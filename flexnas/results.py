@@ -89,6 +89,7 @@ def write_run_outputs(res, problem, out: Path, evaluator, n_choose: int = 5, wal
         "elapsed_s": elapsed,
         "evaluations_per_minute": len(records) / (elapsed / 60) if elapsed else None,
         "front_size": len(front),
+        "decode_macs": evaluator.macs.decode,  # VAE/VQ decode per image (latent models), outside the MACs ratios
         "chosen": [f"plans/plan_{i}.json" for i in range(len(chosen))],
         "best": {k: front[0 if cfg.algorithm == "ga" else int(np.argmin([f['rfid'] for f in front]))].get(k)
                  for k in ("rfid", "fid_to_real", "macs_ratio", "strip")} if front else None,

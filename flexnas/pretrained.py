@@ -1,0 +1,291 @@
+"""Problems for any diffusers pipeline whose denoiser is a U-Net, from a local folder or a hub id.
+
+``problem_from_pretrained(model)`` reads the pipeline's ``model_index.json`` (without loading
+weights), checks that its denoiser is a ``UNet2DModel`` or ``UNet2DConditionModel`` and picks
+defaults from the pipeline's layout:
+
+- pixel U-Net (e.g. ``DDPMPipeline``, ``DDIMPipeline``): DDIM 100, null steps dropped;
+- U-Net in a VAE / VQ latent space without text (e.g. ``LDMPipeline``): DDIM 250, dropped;
+- text-to-image (``UNet2DConditionModel`` + CLIP text encoder, e.g. ``StableDiffusionPipeline``):
+  PLMS 50 (``PNDMScheduler`` with ``skip_prk_steps=True``), null steps reused (PLMS cannot
+  drop timesteps), classifier-free guidance 7.5, prompts from a file (default: the short
+  MS-COCO-style list ``flexnas/default_prompts.txt``).
+
+Every default can be overridden (scheduler, T, guidance, prompts, resolution, device, dtype,
+batch size, ...). The problems under ``problems/`` (DDPM CIFAR-10, LDM CelebA-HQ, Stable
+Diffusion 1.5) are this function with their hub id and settings.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from flexnas.errors import FlexnasError
+from flexnas.problem import Problem
+from flexnas.sampler import Conditioning
+
+SUPPORTED_DENOISERS = ("UNet2DModel", "UNet2DConditionModel")
+DEFAULT_PROMPTS = Path(__file__).resolve().parent / "default_prompts.txt"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def looks_like_model(spec: str) -> bool:
+    """A path (``/x``, ``./x``, ``~/x``, ``../x``) or a hub id (``owner/name``)."""
+    return spec.startswith(("/", "./", "../", "~")) or bool(_HUB_ID.match(spec))
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of ``text`` (problem names end up in cache and run-folder names)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "model"
+
+
+# --------------------------------------------------------------------------- model index
+def read_model_index(model: str) -> tuple[dict[str, Any], Path | None]:
+    """(``model_index.json`` of ``model``, its local folder or None for a hub id), with one-line errors."""
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        index = folder / "model_index.json"
+        if not index.is_file():
+            raise FlexnasError(f"{folder} has no model_index.json: give a diffusers pipeline folder "
+                               "(what DiffusionPipeline.save_pretrained writes)")
+        try:
+            return json.loads(index.read_text()), folder
+        except ValueError as e:
+            raise FlexnasError(f"{index} is not valid JSON ({e})") from None
+    if model.startswith(("/", "./", "../", "~")) or not _HUB_ID.match(model):
+        raise FlexnasError(f"model folder {model} does not exist: give a local diffusers pipeline folder or a hub id "
+                           "(owner/name)")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(model, "model_index.json")
+        return json.loads(Path(path).read_text()), None
+    except Exception as e:  # noqa: BLE001 - offline, missing repo, no access: all end the same way
+        raise FlexnasError(f"model {model!r} is neither a local folder nor a reachable hub id "
+                           f"({type(e).__name__}); download it first (hf download {model} "
+                           "--local-dir DIR) and pass --model DIR") from None
+
+
+def describe_denoiser(index: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(component name, class name) of the pipeline's denoiser as listed in its model index."""
+    for name in ("unet", "transformer", "prior", "decoder", "model"):
+        entry = index.get(name)
+        if isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1]:
+            return name, entry[1]
+    return None, None
+
+
+def check_supported(model: str, index: dict[str, Any]) -> str:
+    """The denoiser class name, or a one-line error for pipelines flexnas cannot drive."""
+    pipe = index.get("_class_name", "pipeline")
+    comp, cls = describe_denoiser(index)
+    if comp != "unet" or cls not in SUPPORTED_DENOISERS:
+        what = f"its denoiser is '{comp}' ({cls})" if comp else "it has no 'unet' denoiser"
+        raise FlexnasError(f"{model}: {pipe} is not supported: {what}; flexnas drives pipelines whose 'unet' is a "
+                           "UNet2DModel or UNet2DConditionModel")
+    return cls
+
+
+def _component_config(model: str, folder: Path | None, name: str) -> dict[str, Any]:
+    """``NAME/config.json`` of a pipeline component ({} when it cannot be read without loading)."""
+    try:
+        if folder is not None:
+            return json.loads((folder / name / "config.json").read_text())
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(model, "config.json", subfolder=name)).read_text())
+    except Exception:  # noqa: BLE001 - only defaults depend on it; loading reports real problems
+        return {}
+
+
+def _component(index: dict[str, Any], name: str) -> bool:
+    entry = index.get(name)
+    return isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] is not None
+
+
+# --------------------------------------------------------------------------- prompts
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from a text file (one per line; blank lines and ``#`` comments skipped) or a JSON file:
+    a list of strings, a list of objects with ``prompt``/``caption``/``text``, ``{"prompts": [...]}``,
+    or an MS-COCO captions file (``{"annotations": [{"caption": ...}]}``)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FlexnasError(f"prompt file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise FlexnasError(f"prompt file {path} is not valid JSON ({e})") from None
+        if isinstance(data, dict):
+            data = data.get("prompts", data.get("annotations"))
+        items = data if isinstance(data, list) else None
+        prompts = []
+        for item in items or []:
+            if isinstance(item, dict):
+                item = next((item[k] for k in ("prompt", "caption", "text") if isinstance(item.get(k), str)), None)
+            if not isinstance(item, str):
+                items = None
+                break
+            prompts.append(item.strip())
+        if items is None:
+            raise FlexnasError(f"prompt file {path}: expected a list of strings, of objects with 'prompt'/'caption'/"
+                               "'text', {\"prompts\": [...]} or MS-COCO {\"annotations\": [...]}")
+    else:
+        prompts = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    prompts = [p for p in prompts if p]
+    if not prompts:
+        raise FlexnasError(f"prompt file {path} holds no prompts")
+    return prompts
+
+
+class PromptEncoder:
+    """``Problem.encode_prompts`` for pipelines with ``encode_prompt`` (Stable Diffusion and kin).
+
+    Image ``i`` is conditioned on ``prompts[i % len(prompts)]``; with guidance > 1 the negative
+    prompt is ``""``, as the stock pipeline does when none is given.
+    """
+
+    def __init__(self, prompts: list[str], guidance_scale: float):
+        self.prompts, self.guidance_scale = list(prompts), float(guidance_scale)
+
+    def __call__(self, pipeline: Any, start: int, stop: int) -> Conditioning:
+        import torch
+
+        texts = [self.prompts[i % len(self.prompts)] for i in range(start, stop)]
+        cfg = self.guidance_scale > 1.0
+        with torch.no_grad():
+            pe, ne = pipeline.encode_prompt(texts, pipeline._execution_device, 1, cfg,
+                                            negative_prompt=[""] * len(texts) if cfg else None)
+        return Conditioning(prompt_embeds=pe, negative_prompt_embeds=ne if cfg else None,
+                            guidance_scale=self.guidance_scale)
+
+
+# --------------------------------------------------------------------------- loading
+class PipelineLoader:
+    """``Problem.load_pipeline`` for a local folder or hub id (picklable, for Dask workers)."""
+
+    def __init__(self, model: str, has_safety_checker: bool = False):
+        self.model, self.has_safety_checker = model, has_safety_checker
+
+    def __call__(self) -> Any:
+        from diffusers import DiffusionPipeline
+        from diffusers.utils import logging
+
+        folder = Path(self.model).expanduser()
+        source = str(folder) if folder.is_dir() else self.model
+        kw: dict[str, Any] = {}
+        if self.has_safety_checker:  # the search never needs it; it would only cost memory
+            kw.update(safety_checker=None, requires_safety_checker=False)
+        level = logging.get_verbosity()
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
+        try:
+            pipe = DiffusionPipeline.from_pretrained(source, **kw)
+        except Exception as e:  # noqa: BLE001 - diffusers raises many types for unusable folders
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            raise FlexnasError(f"cannot load the diffusers pipeline {source} ({type(e).__name__}: {first})") from None
+        finally:
+            logging.set_verbosity(level)
+            logging.enable_progress_bar()
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+
+def _can_drop(scheduler: str) -> bool:
+    import diffusers
+
+    from flexnas.engine import accepts_custom_timesteps
+
+    cls = getattr(diffusers, scheduler, None)
+    if cls is None:
+        raise FlexnasError(f"unknown scheduler {scheduler!r}: name a diffusers scheduler class (e.g. DDIMScheduler, "
+                           "PNDMScheduler, DPMSolverMultistepScheduler)")
+    return scheduler in ("DDIMScheduler", "DDIMParallelScheduler") or accepts_custom_timesteps(cls)
+
+
+def _default_scheduler_kwargs(scheduler: str) -> dict[str, Any]:
+    # PLMS: Stable Diffusion's PNDM without the Runge-Kutta warm-up, one distinct timestep per step
+    return {"skip_prk_steps": True} if scheduler == "PNDMScheduler" else {}
+
+
+def problem_from_pretrained(model: str, *, name: str | None = None, scheduler: str | None = None,
+                            scheduler_kwargs: dict | None = None, T: int | None = None,
+                            guidance_scale: float | None = None, prompts: str | Path | list[str] | None = None,
+                            null_mode: str | None = None, **fields: Any) -> Problem:
+    """A ``Problem`` for the diffusers pipeline at ``model`` (local folder or hub id), defaults by layout.
+
+    ``prompts`` is a prompt file (text or JSON) or a list of strings; other keyword arguments are
+    ``Problem`` fields (``num_images``, ``batch_size``, ``seed``, ``resolution``, ``device``, ``dtype``,
+    ``feature_extractor``, ...). Nothing is loaded until ``Problem.load()``.
+    """
+    model = str(model)
+    index, folder = read_model_index(model)
+    unet_cls = check_supported(model, index)
+    pipe_cls = index.get("_class_name", "DiffusionPipeline")
+    latent = _component(index, "vae") or _component(index, "vqvae")
+    text = unet_cls == "UNet2DConditionModel"
+    if text:
+        if not (_component(index, "text_encoder") and _component(index, "tokenizer")):
+            raise FlexnasError(f"{model}: {pipe_cls} has a UNet2DConditionModel but no text_encoder/tokenizer; flexnas "
+                               "conditions such U-Nets on prompts through the pipeline's encode_prompt")
+        _check_encode_prompt(model, pipe_cls)
+        if _component(index, "text_encoder_2"):
+            raise FlexnasError(f"{model}: {pipe_cls} (two text encoders, SDXL-style added conditioning) is not "
+                               "supported; flexnas drives Stable Diffusion 1.x/2.x-style text-to-image pipelines")
+    if text:
+        d_sched, d_T, d_guid, kind = "PNDMScheduler", 50, 7.5, "text-to-image"
+    elif latent:
+        d_sched, d_T, d_guid, kind = "DDIMScheduler", 250, 1.0, "latent"
+    else:
+        d_sched, d_T, d_guid, kind = "DDIMScheduler", 100, 1.0, "pixel"
+    scheduler = scheduler or d_sched
+    T = int(T or d_T)
+    guidance_scale = d_guid if guidance_scale is None else float(guidance_scale)
+    if scheduler_kwargs is None:
+        scheduler_kwargs = _default_scheduler_kwargs(scheduler)
+    null_mode = null_mode or ("drop" if _can_drop(scheduler) else "reuse")
+    kw: dict[str, Any] = dict(num_images=64, batch_size=16 if text else 64)
+    if text:
+        if prompts is None:
+            prompts = DEFAULT_PROMPTS
+        prompt_list = list(prompts) if isinstance(prompts, (list, tuple)) else read_prompts(prompts)
+        kw.update(prompts=prompt_list, encode_prompts=PromptEncoder(prompt_list, guidance_scale))
+    elif prompts is not None:
+        raise FlexnasError(f"{model}: {pipe_cls} is not a text-to-image pipeline; --prompts applies to pipelines with "
+                           "a text encoder")
+    if not text and guidance_scale != 1.0:
+        raise FlexnasError(f"{model}: guidance applies to text-to-image pipelines only "
+                           f"(got --guidance {guidance_scale})")
+    n_classes = _component_config(model, folder, "unet").get("num_class_embeds")
+    if not text and n_classes:
+        kw["class_labels"] = list(range(int(n_classes)))  # image i gets class i mod n
+    src = str(folder) if folder is not None else model
+    kw.update(
+        name=slug(name or (folder.resolve().name if folder is not None else model.split("/")[-1])),
+        load_pipeline=PipelineLoader(src, _component(index, "safety_checker")),
+        scheduler=scheduler, scheduler_kwargs=dict(scheduler_kwargs), T=T, guidance_scale=guidance_scale,
+        null_mode=null_mode,
+        description=f"{pipe_cls} ({unet_cls}, {kind}) from {src}; {scheduler} {T}"
+                    + (f", guidance {guidance_scale:g}" if text else ""),
+    )
+    kw.update(fields)
+    return Problem(**kw)
+
+
+def _check_encode_prompt(model: str, pipe_cls: str) -> None:
+    import diffusers
+
+    cls = getattr(diffusers, pipe_cls, None)
+    fn = getattr(cls, "encode_prompt", None) if cls is not None else None
+    if fn is None:
+        raise FlexnasError(f"{model}: {pipe_cls} has no encode_prompt; flexnas drives text-to-image pipelines "
+                           "through encode_prompt (StableDiffusionPipeline and kin)")
+    params = list(inspect.signature(fn).parameters)
+    if params[1:5] != ["prompt", "device", "num_images_per_prompt", "do_classifier_free_guidance"]:
+        raise FlexnasError(f"{model}: {pipe_cls}.encode_prompt has an unfamiliar signature {params[1:5]}; flexnas "
+                           "supports Stable Diffusion-style text-to-image pipelines")
