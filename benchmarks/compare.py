@@ -262,7 +262,8 @@ def render(out: dict, s: Settings, figures: Path, grid_files: list[str], report:
              f"total {out['total_s'] / 60:.1f} min", "",
              f"rFID on {s.images or 'the problem default'} images per plan; searches: pop {s.pop}, {s.gens} generations "
              f"(equal evaluation budgets), NSGA-II seeds {list(s.seeds)}, GA budgets {list(s.ga_budgets)} "
-             f"seeds {list(s.ga_seeds)}.", ""]
+             f"seeds {list(s.ga_seeds)}; rFID validity on {s.validity_plans} plans; wall-clock on "
+             f"{s.wall_images} images, median of {s.wall_repeats} after a warm-up.", ""]
     lines += [f"- {n}" for n in out["notes"]]
     lines += ["", "### Targets", "", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {t} | {m} | {'yes' if ok else 'no'} |" for t, m, ok in out["targets"]]
@@ -314,9 +315,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--figures", default=None, help="default: <report folder>/figures")
     p.add_argument("--threads", type=int, default=2)
+    for name, kind in (("images", int), ("pop", int), ("gens", int), ("seeds", str), ("ga_seeds", str),
+                       ("validity_plans", int), ("validity_rfid_images", int), ("validity_fid_images", int),
+                       ("wall_images", int)):
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None,
+                       help="override the preset (the report states the settings used)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     s = Settings.quick(args.problem) if args.quick else Settings(problem=args.problem)
+    for name in ("images", "pop", "gens", "validity_plans", "validity_rfid_images", "validity_fid_images",
+                 "wall_images"):
+        if getattr(args, name) is not None:
+            if getattr(args, name) < 1:
+                print(f"error: --{name.replace('_', '-')} must be positive", file=sys.stderr)
+                return 2
+            setattr(s, name, getattr(args, name))
+    for name in ("seeds", "ga_seeds"):
+        if getattr(args, name) is not None:
+            try:
+                setattr(s, name, tuple(int(v) for v in getattr(args, name).split(",")))
+            except ValueError:
+                print(f"error: --{name.replace('_', '-')} takes comma-separated integers", file=sys.stderr)
+                return 2
     report = Path(args.report)
     figures = Path(args.figures) if args.figures else report.parent / "figures"
     try:

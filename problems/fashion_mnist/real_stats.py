@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flexnas.errors import FlexnasError
+from flexnas.errors import report_errors
 from flexnas.objectives import ImageDataset, fidelity_fid
 from problems.fashion_mnist import REAL_STATISTICS
 from problems.fashion_mnist.data import load_split
@@ -37,12 +37,7 @@ def main() -> int:
     torch.set_num_threads(1)
     import problems.fashion_mnist.features  # noqa: F401
 
-    try:
-        print(f"wrote {compute()}")
-    except FlexnasError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return report_errors(lambda: print(f"wrote {compute()}"), prog="real_stats")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from flexnas.errors import FlexnasError
+from flexnas.errors import report_errors
 from problems.fashion_mnist.classifier import FashionClassifier
 from problems.fashion_mnist.data import load_split
 from problems.fashion_mnist.model import CLASSIFIER_DIR
@@ -65,12 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(CLASSIFIER_DIR))
     args = p.parse_args(argv)
-    try:
-        train(args.epochs, args.seed, Path(args.out), args.threads)
-    except FlexnasError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return report_errors(lambda: train(args.epochs, args.seed, Path(args.out), args.threads) and 0,
+                         prog="train_classifier")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from diffusers import DDPMPipeline
 from diffusers.training_utils import EMAModel
 
-from flexnas.errors import FlexnasError
+from flexnas.errors import FlexnasError, report_errors
 from problems.fashion_mnist.data import load_split
 from problems.fashion_mnist.model import CHECKPOINT, PIPELINE_DIR, make_scheduler, make_unet
 
@@ -131,11 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) <= 0:
             print(f"error: --{name.replace('_', '-')} must be positive", file=sys.stderr)
             return 2
-    try:
-        return train(args)
-    except FlexnasError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return report_errors(train, args, prog="train_ddpm")
 
 
 if __name__ == "__main__":
