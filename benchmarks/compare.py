@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.common import REPORT, RESULTS, machine, save_json, write_section  # noqa: E402
-from flexnas.errors import FlexnasError  # noqa: E402
+from flexnas.errors import report_errors  # noqa: E402
 from flexnas.objectives import Evaluator  # noqa: E402
 from flexnas.plan import Plan, divisors  # noqa: E402
 from flexnas.problem import get_problem  # noqa: E402
@@ -74,15 +74,16 @@ def baseline_plans(scheduler: str, T: int, num_branches: int, s: Settings, null_
 
 
 def nondominated(points: np.ndarray) -> np.ndarray:
+    """Indices of the non-dominated rows (pymoo's sorting)."""
     from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
-    return points[NonDominatedSorting().do(points, only_non_dominated_front=True)]
+    return NonDominatedSorting().do(points, only_non_dominated_front=True)
 
 
 def hypervolume(points: np.ndarray, ref: np.ndarray) -> float:
     from pymoo.indicators.hv import HV
 
-    return float(HV(ref_point=ref)(nondominated(points)))
+    return float(HV(ref_point=ref)(points[nondominated(points)]))
 
 
 def run(s: Settings, report: Path, results: Path, figures: Path) -> dict:
@@ -248,10 +249,7 @@ def run(s: Settings, report: Path, results: Path, figures: Path) -> dict:
 
 def nondominated_records(records: list[dict]) -> list[dict]:
     ok = [r for r in records if r["rfid"] is not None and math.isfinite(r["rfid"])]
-    pts = np.array([[r["rfid"], r["macs_ratio"]] for r in ok])
-    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
-
-    return [ok[i] for i in NonDominatedSorting().do(pts, only_non_dominated_front=True)]
+    return [ok[i] for i in nondominated(np.array([[r["rfid"], r["macs_ratio"]] for r in ok]))]
 
 
 def render(out: dict, s: Settings, figures: Path, grid_files: list[str], report: Path) -> str:
@@ -339,15 +337,14 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
     report = Path(args.report)
     figures = Path(args.figures) if args.figures else report.parent / "figures"
-    try:
+    def go() -> int:
         out = run(s, report, Path(args.results), figures)
-    except FlexnasError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for t, m, ok in out["targets"]:
-        print(f"{'met ' if ok else 'MISS'} {t}: {m}")
-    print(f"wrote {report}")
-    return 0
+        for t, m, ok in out["targets"]:
+            print(f"{'met ' if ok else 'MISS'} {t}: {m}")
+        print(f"wrote {report}")
+        return 0
+
+    return report_errors(go, prog="compare")
 
 
 if __name__ == "__main__":

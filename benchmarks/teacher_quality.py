@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.common import REPORT, RESULTS, machine, save_json, write_section  # noqa: E402
-from flexnas.errors import FlexnasError  # noqa: E402
+from flexnas.errors import report_errors  # noqa: E402
 from flexnas.objectives import ImageDataset, fidelity_fid  # noqa: E402
 from flexnas.problem import get_problem  # noqa: E402
 from flexnas.report import save_grid  # noqa: E402
@@ -95,14 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     samples = 100 if args.quick else args.samples
     hist = min(args.hist_samples, samples)
-    try:
+    def go() -> int:
         res = run(samples, hist, Path(args.report), Path(args.results), None if args.no_grid else GRID)
-    except FlexnasError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"FID to test {res['fid_to_test']:.3f}; max class share {res['max_class_share']:.1%}; "
-          f"classifier accuracy {res['classifier_test_accuracy']:.2%}")
-    return 0
+        print(f"FID to test {res['fid_to_test']:.3f}; max class share {res['max_class_share']:.1%}; "
+              f"classifier accuracy {res['classifier_test_accuracy']:.2%}")
+        return 0
+
+    return report_errors(go, prog="teacher_quality")
 
 
 if __name__ == "__main__":

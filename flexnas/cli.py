@@ -1,7 +1,8 @@
 """The ``flexnas`` command line.
 
 Every user error is a ``FlexnasError``: printed as one line, exit status 2, and no
-file that existed before the command is overwritten.
+file that existed before the command is overwritten (``flexnas plot RUN`` redraws the
+run's own ``pareto.png`` unless given ``--out``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
 
 
 def _setup_torch(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise FlexnasError(f"--threads must be at least 1, got {threads}")
     import torch
 
     torch.set_num_threads(threads or max(1, min(2, os.cpu_count() or 1)))
@@ -164,6 +167,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from flexnas.report import save_grid
 
     _positive("images", args.images)
+    if Path(args.out).suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise FlexnasError(f"--out {args.out}: give a .png or .jpg file name")
     out = _new_file(args.out)
     problem = _load(args)
     plan = _read_plan(args.plan) if args.plan else None
@@ -252,11 +257,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     evaluator = CandidateEvaluator.get(problem.config, args.threads).evaluator
     summary = write_run_outputs(res, problem, out, evaluator, n_choose=args.choose, wall_images=args.wall_images,
                                 grid_images=args.grid_images, started=started)
-    best = summary["best"] or {}
+    best, obj = summary["best"] or {}, summary["objective"]
     print(f"evaluated {summary['evaluated']} plans ({summary['cache_hits']} cache hits); denoiser calls "
           f"{summary['denoiser_calls_made']} made vs {summary['denoiser_calls_naive']} naive")
     if best:
-        print(f"best: rfid {best['rfid']:.4g}  MACs ratio {best['macs_ratio']:.3f}  {best['strip'][:80]}")
+        note = "" if best.get("feasible", True) else "  (no plan met the MACs budget: least infeasible)"
+        print(f"best {obj} {best[obj]:.4g} at MACs ratio {best['macs_ratio']:.3f}{note}")
+    for i, r in enumerate(summary["chosen_plans"]):
+        wall = f"  wall ratio {r['wall_ratio']:.3f}" if r.get("wall_ratio") is not None else ""
+        print(f"  plans/plan_{i}.json  MACs ratio {r['macs_ratio']:.3f} ({1 / r['macs_ratio']:.2f}x fewer)  "
+              f"{obj} {r[obj]:.4g}{wall}")
     print(f"results in {out}/ (front.csv, plans/, pareto.png, grids/, summary.json)")
     return 0
 

@@ -93,8 +93,14 @@ class PlanController:
         self._last: Any = None
         self._step_of: dict[float, int] = {}
         self._next_t: dict[int, int] = {}
-        reg = HookRegistry.check_if_exists_or_initialize(unet)
-        reg.register_hook(_ControlHook(self), HOOK_NAME)
+        self._base_next: dict[int, int] = {}
+        try:
+            HookRegistry.check_if_exists_or_initialize(unet).register_hook(_ControlHook(self), HOOK_NAME)
+        except Exception:
+            self.partial.remove()
+            raise
+        # what a later remove() restores: instance attributes another tool may have set, or nothing
+        self._saved = {a: scheduler.__dict__[a] for a in ("set_timesteps", "step") if a in scheduler.__dict__}
         self._orig_set_timesteps = scheduler.set_timesteps
         self._orig_step = scheduler.step
         scheduler.set_timesteps = self._set_timesteps
@@ -127,31 +133,37 @@ class PlanController:
                 ts = self.scheduler.timesteps
                 self.scheduler.timesteps = torch.tensor(kept, dtype=ts.dtype, device=ts.device)
                 self._next_t = {int(a): int(b) for a, b in zip(kept, kept[1:] + [-1])}
+                self._base_next = {int(a): int(b) for a, b in zip(distinct, distinct[1:] + [-1])}
             else:
                 self._orig_set_timesteps(device=device, timesteps=[values[i] for i in active])
             self.counter.null += self.plan.T - len(kept)
 
     def _ddim_step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args: Any,
                    **kwargs: Any) -> Any:
-        """DDIM's own step, told the real previous timestep when the plan dropped the ones between.
+        """DDIM's own step, told the real previous timestep where the plan dropped the ones between.
 
-        DDIM derives the previous timestep as ``t - num_train_timesteps // T``; we give that
-        index the cumulative alpha of the next kept timestep for the duration of the call.
+        DDIM derives the previous timestep as ``t - num_train_timesteps // T``. Where the
+        plan keeps the base successor of ``t`` the step is the stock one; where it jumps, that
+        index (or ``final_alpha_cumprod`` past the end) holds the cumulative alpha of the next
+        kept timestep for the duration of the call.
         """
         s = self.scheduler
         t = int(timestep_key(timestep))
-        stride = s.config.num_train_timesteps // s.num_inference_steps
-        nxt = self._next_t.get(t, t - stride)
-        if nxt == t - stride or t - stride < 0:
+        nxt = self._next_t.get(t)
+        if nxt is None or nxt == self._base_next.get(t):
             return self._orig_step(model_output, timestep, sample, *args, **kwargs)
-        alphas = s.alphas_cumprod
-        patched = alphas.clone()
-        patched[t - stride] = alphas[nxt] if nxt >= 0 else s.final_alpha_cumprod
-        s.alphas_cumprod = patched
+        prev = t - s.config.num_train_timesteps // s.num_inference_steps
+        target = s.alphas_cumprod[nxt] if nxt >= 0 else s.final_alpha_cumprod
+        alphas, final = s.alphas_cumprod, s.final_alpha_cumprod
+        if prev >= 0:
+            s.alphas_cumprod = alphas.clone()
+            s.alphas_cumprod[prev] = target
+        else:
+            s.final_alpha_cumprod = target
         try:
             return self._orig_step(model_output, timestep, sample, *args, **kwargs)
         finally:
-            s.alphas_cumprod = alphas
+            s.alphas_cumprod, s.final_alpha_cumprod = alphas, final
 
     def step_index(self, timestep: Any) -> int:
         """The base-schedule step of ``timestep`` (after ``set_timesteps``)."""
@@ -192,6 +204,7 @@ class PlanController:
         self.partial = None
         for attr in ("set_timesteps", "step"):
             self.scheduler.__dict__.pop(attr, None)
+        self.scheduler.__dict__.update(self._saved)
 
     def __enter__(self) -> "PlanController":
         return self

@@ -8,6 +8,8 @@ register their own extractors (e.g. the embedded Fashion-MNIST classifier) throu
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,23 @@ def resolve_extractor(name: str, weights: str | Path | None = None) -> dict[str,
     elif weights is not None:
         kw["feature_extractor_weights_path"] = str(weights)
     return kw
+
+
+@functools.lru_cache(maxsize=16)
+def _fingerprint(name: str, weights: str | None) -> str:
+    cls = FEATURE_EXTRACTORS_REGISTRY[name]
+    layer = cls.get_default_feature_layer_for_metric("fid")
+    kw = {"feature_extractor_weights_path": weights} if weights else {}
+    h = hashlib.sha256()
+    for k, v in sorted(cls(name, [layer], **kw).state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def extractor_fingerprint(extractor_kw: dict[str, Any]) -> str:
+    """A hash of the extractor's weights: cached statistics die with a retrained extractor."""
+    return _fingerprint(extractor_kw["feature_extractor"], extractor_kw.get("feature_extractor_weights_path"))
 
 
 class ModuleFeatureExtractor(FeatureExtractorBase):

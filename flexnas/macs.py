@@ -40,6 +40,8 @@ def baddbmm_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
     return a[0] * a[1] * a[2] * b[2]
 
 
+MACS_VERSION = 1  # bump when the counting rules change: cached counts then miss
+
 EXTRA_OP_HANDLES = {
     "aten::scaled_dot_product_attention": sdpa_flop_jit,
     "aten::baddbmm": baddbmm_flop_jit,
@@ -150,17 +152,23 @@ class MacCounter:
         if cond.cfg:  # one image's conditional half; the doubled batch is cfg_factor
             kwargs = {"encoder_hidden_states": cond.prompt_embeds[:1]}
         shapes = sorted((k, tuple(v.shape) if torch.is_tensor(v) else v) for k, v in kwargs.items())
-        key = f"{loaded.identity}-{'x'.join(map(str, loaded.sample_shape))}-{shapes}"
+        key = (f"v{MACS_VERSION}-{sorted(EXTRA_OP_HANDLES)}-{loaded.identity}-"
+               f"{'x'.join(map(str, loaded.sample_shape))}-{shapes}")
         path = cache_dir() / "macs" / f"{_slug(key)}.json"
         vae = getattr(loaded, "vae", None)
-        d = json.loads(path.read_text()) if path.is_file() else None
+        try:
+            d = json.loads(path.read_text()) if path.is_file() else None
+        except ValueError:
+            d = None  # a truncated cache file is a miss
         if d is None or (vae is not None and d.get("decode") is None):
             if d is None:
                 full, partial = count_unet(loaded.unet, loaded.sample_shape, kwargs)
                 d = {"key": key, "full": full, "partial": partial}
             d["decode"] = count_decode(vae, loaded.sample_shape) if vae is not None else None
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(d))
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(d))
+            os.replace(tmp, path)
         full, partial = d["full"], {int(k): v for k, v in d["partial"].items()}
         return cls(full, partial, 2 if cond.cfg else 1, d.get("decode"))
 

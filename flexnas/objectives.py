@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
+import os
 import statistics
 import time
 import warnings
@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from flexnas.errors import FlexnasError
-from flexnas.features import resolve_extractor
+from flexnas.features import FEATURE_EXTRACTORS_REGISTRY, extractor_fingerprint, resolve_extractor
 from flexnas.macs import MacCounter, cache_dir
 from flexnas.plan import Plan
 from flexnas.problem import LoadedProblem, Problem
@@ -64,13 +64,6 @@ def fidelity_fid(input1: Dataset, input2: Dataset, cache_root: Path, extractor_k
             input1=input1, input2=input2, fid=True, cuda=torch.cuda.is_available(), verbose=False,
             save_cpu_ram=True, cache_root=str(cache_root), batch_size=128, **cache_names, **extractor_kw)
     return float(out[FID_KEY])
-
-
-def frechet_from_stats(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """torch-fidelity's Fréchet distance of two Gaussians (for statistics computed elsewhere)."""
-    from torch_fidelity.metric_fid import fid_statistics_to_metric
-
-    return float(fid_statistics_to_metric({"mu": mu1, "sigma": sigma1}, {"mu": mu2, "sigma": sigma2}, False)[FID_KEY])
 
 
 def measure_wall(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float:
@@ -122,8 +115,10 @@ class Evaluator:
         desc = json.dumps({"model": self.loaded.identity, "scheduler": p.scheduler, "sched_kw": p.scheduler_kwargs,
                            "T": p.T, "eta": p.eta, "seed": p.seed, "n": self.n, "batch": p.batch_size,
                            "cond": repr(sorted(cond_desc.items())), "labels": p.class_labels,
-                           "extractor": self.extractor, "weights": self.extractor_kw.get("feature_extractor_weights_path"),
-                           "device": str(self.loaded.device), "dtype": str(self.loaded.unet.dtype)}, sort_keys=True)
+                           "extractor": self.extractor, "extractor_weights": extractor_fingerprint(self.extractor_kw),
+                           "sched_cfg": dict(self.loaded.scheduler.config),
+                           "device": str(self.loaded.device), "dtype": str(self.loaded.unet.dtype)}, sort_keys=True,
+                          default=str)
         extra = {}
         if p.resolution is not None:
             extra["shape"] = list(self.loaded.sample_shape)
@@ -162,16 +157,21 @@ class Evaluator:
         if src is None or not Path(src).is_file():
             return None
         name = f"flexnas-real-{Path(src).stem}-{hashlib.sha256(Path(src).read_bytes()).hexdigest()[:12]}"
-        layer = "features"
-        dst = self.cache_root / f"{name}-{self.extractor}-stat-fid-{layer}.pt"
+        layer = FEATURE_EXTRACTORS_REGISTRY[self.extractor].get_default_feature_layer_for_metric("fid")
+        dst = self.cache_root / f"{name}-{self.extractor}-stat-fid-{layer}.pt"  # torch-fidelity's cache naming
         if not dst.is_file():
-            d = np.load(src)
-            if d.get("extractor", np.array(self.extractor)).item() != self.extractor:
-                return None
+            try:
+                d = np.load(src)
+                extractor, mu, sigma = str(d["extractor"]) if "extractor" in d else None, d["mu"], d["sigma"]
+            except (OSError, ValueError, KeyError) as e:
+                raise FlexnasError(f"real-image statistics {src} are unreadable ({type(e).__name__}): they need "
+                                   "arrays mu, sigma and extractor") from None
+            if extractor is not None and extractor != self.extractor:
+                return None  # statistics of another feature space
             dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_suffix(".tmp")
-            torch.save({"mu": d["mu"], "sigma": d["sigma"]}, tmp)
-            shutil.move(tmp, dst)
+            tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")  # workers may install it at the same time
+            torch.save({"mu": mu, "sigma": sigma}, tmp)
+            os.replace(tmp, dst)
         return name
 
     def fid_to_real_of_latents(self, latents: torch.Tensor) -> float | None:
@@ -202,9 +202,8 @@ class Evaluator:
             self._teacher_wall[images] = self.wall(None, images, repeats)
         return self._teacher_wall[images]
 
-    def evaluate(self, plan: Plan, wall_images: int = 0, repeats: int = 3) -> dict[str, Any]:
-        """All objectives of ``plan`` as one dict (wall-clock only when ``wall_images`` > 0)."""
-        latents = self.loaded.latents(plan, n=self.n)
+    def score_latents(self, plan: Plan, latents: torch.Tensor) -> dict[str, Any]:
+        """rFID, FID to real (None without real statistics), MACs and MACs ratio of ``plan``'s latents."""
         out: dict[str, Any] = {
             "rfid": self.rfid_of_latents(latents),
             "fid_to_real": self.fid_to_real_of_latents(latents),
@@ -215,6 +214,11 @@ class Evaluator:
             out["decode_macs"] = self.macs.decode
         if self.clip is not None:
             out["clip_score"] = self.clip_score_of_latents(latents)
+        return out
+
+    def evaluate(self, plan: Plan, wall_images: int = 0, repeats: int = 3) -> dict[str, Any]:
+        """All objectives of ``plan`` as one dict (wall-clock only when ``wall_images`` > 0)."""
+        out = self.score_latents(plan, self.loaded.latents(plan, n=self.n))
         if wall_images > 0:
             w, tw = self.wall(plan, wall_images, repeats), self.teacher_wall(wall_images, repeats)
             out.update(wall_s=w, teacher_wall_s=tw, wall_ratio=w / tw)

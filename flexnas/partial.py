@@ -121,12 +121,17 @@ class PartialUNet:
         self.branches, modules = _deep_modules(unet)
         self.state = CacheState()
         self._registries = []
-        for key, module, depth in modules:
-            reg = HookRegistry.check_if_exists_or_initialize(module)
-            if reg.get_hook(HOOK_NAME) is not None:
-                raise FlexnasError(f"{type(unet).__name__} already has flexnas hooks: remove the previous plan first")
-            reg.register_hook(_CacheHook(key, depth, self.state), HOOK_NAME)
-            self._registries.append(reg)
+        try:
+            for key, module, depth in modules:
+                reg = HookRegistry.check_if_exists_or_initialize(module)
+                if reg.get_hook(HOOK_NAME) is not None:
+                    raise FlexnasError(f"{type(unet).__name__} already has flexnas hooks: remove the previous "
+                                       "plan first")
+                reg.register_hook(_CacheHook(key, depth, self.state), HOOK_NAME)
+                self._registries.append(reg)
+        except Exception:
+            self.remove()  # no half-hooked model
+            raise
 
     @property
     def num_branches(self) -> int:

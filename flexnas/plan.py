@@ -186,8 +186,11 @@ class Plan:
         segs = d["segments"]
         if not isinstance(segs, list) or not all(isinstance(s, dict) and "interval" in s for s in segs):
             raise FlexnasError("plan JSON field 'segments' must be a list of {\"branch\": .., \"interval\": ..}")
+        meta = d.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise FlexnasError("plan JSON field 'meta' must be an object")
         plan = cls(str(d["scheduler"]), d["T"], tuple(Segment(s["interval"], s.get("branch")) for s in segs),
-                   d.get("null_mode", "drop"), dict(d.get("meta") or {}))
+                   d.get("null_mode", "drop"), dict(meta))
         if "N" in d and d["N"] != plan.N:
             raise FlexnasError(f"plan JSON says N={d['N']} but lists {plan.N} segments")
         return plan

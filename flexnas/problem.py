@@ -149,6 +149,10 @@ class LoadedProblem:
         if cls is None:
             raise FlexnasError(f"unknown scheduler {problem.scheduler!r}: name a diffusers scheduler class")
         self.scheduler = cls.from_config(self.pipeline.scheduler.config, **problem.scheduler_kwargs)
+        n_train = getattr(self.scheduler.config, "num_train_timesteps", None)
+        if n_train is not None and not 1 <= problem.T <= n_train:
+            raise FlexnasError(f"{problem.T} steps do not fit {problem.scheduler}: the model was trained with "
+                               f"{n_train} timesteps, so T must be in 1..{n_train}")
         self.sample_shape = self._sample_shape()
         self._identity: str | None = None
 
@@ -324,12 +328,12 @@ def get_problem(name: str, **overrides: Any) -> Problem:
         known = ", ".join(sorted(eps)) or "none installed"
         raise FlexnasError(f"unknown problem {name!r}: choose one of {known}, give module:function, or a diffusers "
                            "pipeline folder / hub id (--model)")
+    if not callable(factory):
+        raise FlexnasError(f"problem {name!r} is not a factory function")
     try:
         problem = factory(**overrides)
     except TypeError as e:
-        if "unexpected keyword argument" not in str(e):
-            raise
-        raise FlexnasError(f"problem {name!r} does not take that option ({e})") from None
+        raise FlexnasError(f"problem {name!r} cannot be built with those options ({e})") from None
     if not isinstance(problem, Problem):
         raise FlexnasError(f"problem factory {name!r} returned {type(problem).__name__}, not a flexnas Problem")
     if problem.encode_prompts is None:

@@ -46,6 +46,18 @@ def choose(front: list[dict], k: int) -> list[dict]:
     return [front[i] for i in idx]
 
 
+def best_record(front: list[dict], cfg) -> dict | None:
+    """The front's best plan by the search objective; for GA, whether it meets the MACs budget."""
+    if not front:
+        return None
+    scores = [r[cfg.objective] if r[cfg.objective] is not None else np.inf for r in front]
+    r = front[int(np.argmin(scores))]
+    best = {k: r.get(k) for k in ("rfid", "fid_to_real", "macs_ratio", "strip")}
+    if cfg.algorithm == "ga":
+        best["feasible"] = r["macs_ratio"] <= cfg.macs_budget
+    return best
+
+
 def write_run_outputs(res, problem, out: Path, evaluator, n_choose: int = 5, wall_images: int = 16,
                       grid_images: int = 16, started: float | None = None) -> dict[str, Any]:
     """Candidates, front, chosen plans (JSON + grids + wall-clock), Pareto plot and summary."""
@@ -60,9 +72,12 @@ def write_run_outputs(res, problem, out: Path, evaluator, n_choose: int = 5, wal
 
     (out / "plans").mkdir(exist_ok=True)
     (out / "grids").mkdir(exist_ok=True)
+    for old in [*(out / "plans").glob("plan_*.json"), *(out / "grids").glob("plan_*.png")]:
+        old.unlink()  # this run's own outputs of an earlier finish (resume): replaced, not mixed
     loaded = evaluator.loaded
-    teacher_imgs = loaded.images(None, n=grid_images)
-    save_grid(teacher_imgs, out / "grids" / "teacher.png")
+    teacher_imgs = loaded.images(None, n=grid_images) if grid_images else None
+    if teacher_imgs is not None:
+        save_grid(teacher_imgs, out / "grids" / "teacher.png")
     chosen = choose(front, n_choose)
     teacher_wall = evaluator.teacher_wall(wall_images) if wall_images else None
     for i, r in enumerate(chosen):
@@ -73,8 +88,9 @@ def write_run_outputs(res, problem, out: Path, evaluator, n_choose: int = 5, wal
             extra.update(wall_s=w, teacher_wall_s=teacher_wall, wall_ratio=w / teacher_wall)
             r.update(wall_s=w, wall_ratio=w / teacher_wall)
         plan.with_meta(problem=cfg.problem, name=f"plan_{i}", **extra).save(out / "plans" / f"plan_{i}.json")
-        side_by_side(teacher_imgs, loaded.images(plan, n=grid_images), out / "grids" / f"plan_{i}.png",
-                     ("teacher", f"plan_{i}: MACs x{r['macs_ratio']:.3f}, rFID {r['rfid']:.3g}"))
+        if teacher_imgs is not None:
+            side_by_side(teacher_imgs, loaded.images(plan, n=grid_images), out / "grids" / f"plan_{i}.png",
+                         ("teacher", f"plan_{i}: MACs x{r['macs_ratio']:.3f}, rFID {r['rfid']:.3g}"))
     write_records(chosen, out / "chosen")
 
     calls = sum(r["calls"] for r in records)
@@ -91,8 +107,9 @@ def write_run_outputs(res, problem, out: Path, evaluator, n_choose: int = 5, wal
         "front_size": len(front),
         "decode_macs": evaluator.macs.decode,  # VAE/VQ decode per image (latent models), outside the MACs ratios
         "chosen": [f"plans/plan_{i}.json" for i in range(len(chosen))],
-        "best": {k: front[0 if cfg.algorithm == "ga" else int(np.argmin([f['rfid'] for f in front]))].get(k)
-                 for k in ("rfid", "fid_to_real", "macs_ratio", "strip")} if front else None,
+        "objective": cfg.objective,
+        "best": best_record(front, cfg),
+        "chosen_plans": [{k: r.get(k) for k in ("rfid", "fid_to_real", "macs_ratio", "wall_ratio")} for r in chosen],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

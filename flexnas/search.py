@@ -70,6 +70,8 @@ class SearchConfig:
         if self.algorithm == "ga":
             if self.macs_budget is None:
                 raise FlexnasError("--algorithm ga needs --macs-budget X (MACs ratio to the teacher, 0 < X <= 1)")
+        if self.algorithm == "nsga2" and self.macs_budget is not None:
+            raise FlexnasError("--macs-budget applies to --algorithm ga; NSGA-II searches the whole MACs range")
         if self.macs_budget is not None and not 0 < self.macs_budget <= 1:
             raise FlexnasError(f"--macs-budget must be in (0, 1], got {self.macs_budget}")
         return self
@@ -79,6 +81,22 @@ class SearchConfig:
         if self.null_mode:
             o["null_mode"] = self.null_mode
         return o
+
+
+EVAL_FIELDS = ("problem", "overrides", "images", "null_mode", "extractor", "extractor_weights")
+
+
+def check_runnable(evaluator: Evaluator, config: SearchConfig) -> None:
+    """Refuse, before any sampling, a search that could only fail or score nothing."""
+    from flexnas.engine import accepts_custom_timesteps, is_ddim
+
+    problem = evaluator.loaded.problem
+    if config.objective == "fid_to_real" and evaluator.real_cache_name() is None:
+        raise FlexnasError(f"--objective fid_to_real: problem {problem.name} has no real-image statistics for "
+                           f"extractor {evaluator.extractor}: use --objective rfid")
+    sch = evaluator.loaded.scheduler
+    if problem.null_mode == "drop" and not (is_ddim(sch) or accepts_custom_timesteps(sch)):
+        raise FlexnasError(f"{type(sch).__name__} cannot drop timesteps: pass --null-mode reuse")
 
 
 # --------------------------------------------------------------------------- worker side
@@ -98,7 +116,9 @@ class CandidateEvaluator:
 
     @classmethod
     def get(cls, config: SearchConfig, threads: int | None = None) -> "CandidateEvaluator":
-        key = json.dumps(asdict(config), sort_keys=True, default=str)
+        """The process's evaluator for ``config``: keyed by what evaluation depends on, not by the
+        search settings, so a resumed or repeated search reuses the loaded model."""
+        key = json.dumps({k: getattr(config, k) for k in EVAL_FIELDS}, sort_keys=True, default=str)
         if key not in _EVALUATORS:
             if threads:
                 import torch
@@ -111,19 +131,13 @@ class CandidateEvaluator:
         counter = StepCounter()
         t0 = time.perf_counter()
         latents = self.loaded.latents(plan, n=self.evaluator.n, counter=counter, prefixes=self.prefixes)
-        ev = self.evaluator
-        rfid = ev.rfid_of_latents(latents)
-        real = ev.fid_to_real_of_latents(latents)
-        n_batches = len(self.loaded.batches(ev.n))
-        return {
-            "rfid": round(rfid, 6) if math.isfinite(rfid) else math.inf,
-            "fid_to_real": None if real is None else (round(real, 6) if math.isfinite(real) else math.inf),
-            "macs": ev.macs.plan_macs(plan),
-            "macs_ratio": ev.macs.ratio(plan),
-            "eval_s": round(time.perf_counter() - t0, 3),
-            "calls": counter.calls,
-            "naive_calls": len(plan.active_indices()) * n_batches,
-        }
+        out = self.evaluator.score_latents(plan, latents)
+        for k in ("rfid", "fid_to_real"):  # rounded: the same front on any runner, whatever float noise
+            if out[k] is not None and math.isfinite(out[k]):
+                out[k] = round(out[k], 6)
+        out.update(eval_s=round(time.perf_counter() - t0, 3), calls=counter.calls,
+                   naive_calls=len(plan.active_indices()) * len(self.loaded.batches(self.evaluator.n)))
+        return out
 
 
 @dataclass
@@ -148,8 +162,11 @@ class EvalCache:
         self.records: dict[str, dict[str, Any]] = {}
         if path.is_file():
             for line in path.read_text().splitlines():
-                if line.strip():
+                try:
                     r = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short when a run was killed mid-write: evaluated again
+                if isinstance(r, dict) and "key" in r:
                     self.records[r["key"]] = r
 
     def add(self, record: dict[str, Any]) -> None:
@@ -286,7 +303,7 @@ def connect_runner(workers: int | None, dask: str | None):
     if dask:
         try:
             client = Client(dask, timeout=10)
-        except (OSError, TimeoutError) as e:
+        except (OSError, TimeoutError, ValueError) as e:
             raise FlexnasError(f"cannot reach the Dask scheduler at {dask} ({type(e).__name__}): start it with "
                                "'dask scheduler' or check the address") from None
         return DaskParallelization(client), _Closer(client)
@@ -311,6 +328,8 @@ def prepare_run_dir(out: Path, resume: bool) -> None:
         if not out.is_dir():
             raise FlexnasError(f"--resume: run folder {out} does not exist")
         return
+    if out.exists() and not out.is_dir():
+        raise FlexnasError(f"--out {out} is a file: give a folder")
     if out.exists() and any(out.iterdir()):
         raise FlexnasError(f"run folder {out} already exists: pass --resume to continue it, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -346,21 +365,26 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, workers: i
             problem.run_dir = out  # the folder may have been moved or copied since the checkpoint
             problem.config.gens = config.gens  # a resumed run keeps its own settings; only gens may grow
             config = problem.config
-            meta = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
+            try:
+                meta = json.loads((out / "run.json").read_text())
+            except (OSError, ValueError):
+                meta = {}  # rewritten below from the checkpoint's own settings
+            meta = meta if isinstance(meta, dict) else {}
             meta["config"] = asdict(config)
             (out / "run.json").write_text(json.dumps(meta, indent=2, default=str))
         else:
             base = get_problem(config.problem, **config.problem_overrides())
-            num_branches = len(base.load().branches) if (workers or dask) else \
-                len(CandidateEvaluator.get(config, threads).loaded.branches)
+            num_branches = len(CandidateEvaluator.get(config, threads).loaded.branches)
             space = SearchSpace.build(base.scheduler, base.T, num_branches, config.segments, config.branches,
                                       base.null_mode)
             problem = FlexProblem(space, config, out)
             algorithm = make_algorithm(space, config)
             (out / "run.json").write_text(json.dumps({"config": asdict(config), "space": asdict(space)}, indent=2,
                                                      default=str))
+        evaluator = CandidateEvaluator.get(config, threads).evaluator
+        check_runnable(evaluator, config)
         # the teacher's statistics are computed once, here, before any worker needs them
-        CandidateEvaluator.get(config, threads).evaluator.ensure_teacher()
+        evaluator.ensure_teacher()
         problem.attach(runner, threads)
         from pymoo.optimize import minimize
 

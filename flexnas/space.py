@@ -163,7 +163,14 @@ class SearchSpace:
         return (2 + len(self.branches)) ** self.T
 
     def describe(self) -> str:
-        f = lambda v: f"{v:.3e}" if v > 10**6 else str(v)  # noqa: E731
+        def f(v: int) -> str:
+            if v <= 10**6:
+                return str(v)
+            try:
+                return f"{v:.3e}"
+            except OverflowError:  # beyond a float's range (long schedules)
+                return f"10^{len(str(v)) - 1}"
+
         return (f"{self.scheduler} T={self.T}  N in {list(self.Ns)}  branches {list(self.branches)}  "
                 f"null mode {self.null_mode}\n"
                 f"genome length {self.n_var}\n"

@@ -379,6 +379,9 @@ def assert_one_error_line(capsys) -> str:
     (["--workers", "2", "--dask", "tcp://127.0.0.1:9"], "not both"),
     (["--choose", "-1"], "--choose"),
     (["--segments", "2,x"], "--segments"),
+    (["--macs-budget", "0.5"], "applies to --algorithm ga"),
+    (["--scheduler", "PNDMScheduler", "--null-mode", "drop"], "cannot drop timesteps"),
+    (["--dask", "foo://bar"], "cannot reach the Dask scheduler"),
 ])
 def test_bad_search_input(tmp_path, capsys, extra, words):
     out = tmp_path / "run"
