@@ -374,6 +374,7 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, workers: i
             (out / "run.json").write_text(json.dumps(meta, indent=2, default=str))
         else:
             base = get_problem(config.problem, **config.problem_overrides())
+            check_runnable(CandidateEvaluator.get(config, threads).evaluator, config)  # before writing anything
             num_branches = len(CandidateEvaluator.get(config, threads).loaded.branches)
             space = SearchSpace.build(base.scheduler, base.T, num_branches, config.segments, config.branches,
                                       base.null_mode)
@@ -382,7 +383,6 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, workers: i
             (out / "run.json").write_text(json.dumps({"config": asdict(config), "space": asdict(space)}, indent=2,
                                                      default=str))
         evaluator = CandidateEvaluator.get(config, threads).evaluator
-        check_runnable(evaluator, config)
         # the teacher's statistics are computed once, here, before any worker needs them
         evaluator.ensure_teacher()
         problem.attach(runner, threads)
