@@ -314,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--figures", default=None, help="default: <report folder>/figures")
     p.add_argument("--threads", type=int, default=2)
     for name, kind in (("images", int), ("pop", int), ("gens", int), ("seeds", str), ("ga_seeds", str),
+                       ("ga_budgets", str),
                        ("validity_plans", int), ("validity_rfid_images", int), ("validity_fid_images", int),
                        ("wall_images", int)):
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None,
@@ -328,12 +329,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: --{name.replace('_', '-')} must be positive", file=sys.stderr)
                 return 2
             setattr(s, name, getattr(args, name))
-    for name in ("seeds", "ga_seeds"):
+    for name, kind in (("seeds", int), ("ga_seeds", int), ("ga_budgets", float)):
         if getattr(args, name) is not None:
             try:
-                setattr(s, name, tuple(int(v) for v in getattr(args, name).split(",")))
+                setattr(s, name, tuple(kind(v) for v in getattr(args, name).split(",") if v.strip()))
             except ValueError:
-                print(f"error: --{name.replace('_', '-')} takes comma-separated integers", file=sys.stderr)
+                print(f"error: --{name.replace('_', '-')} takes comma-separated numbers", file=sys.stderr)
                 return 2
     report = Path(args.report)
     figures = Path(args.figures) if args.figures else report.parent / "figures"
