@@ -260,9 +260,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     best, obj = summary["best"] or {}, summary["objective"]
     print(f"evaluated {summary['evaluated']} plans ({summary['cache_hits']} cache hits); denoiser calls "
           f"{summary['denoiser_calls_made']} made vs {summary['denoiser_calls_naive']} naive")
-    if best:
-        note = "" if best.get("feasible", True) else "  (no plan met the MACs budget: least infeasible)"
+    algo = problem.config.algorithm  # a resumed run keeps its own
+    if best and algo == "ga":
+        note = "" if best["feasible"] else "  (no plan met the MACs budget: least infeasible)"
         print(f"best {obj} {best[obj]:.4g} at MACs ratio {best['macs_ratio']:.3f}{note}")
+    print("chosen plans, spread along the front:" if algo == "nsga2" else "chosen plan:")
     for i, r in enumerate(summary["chosen_plans"]):
         wall = f"  wall ratio {r['wall_ratio']:.3f}" if r.get("wall_ratio") is not None else ""
         print(f"  plans/plan_{i}.json  MACs ratio {r['macs_ratio']:.3f} ({1 / r['macs_ratio']:.2f}x fewer)  "
