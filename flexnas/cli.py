@@ -17,6 +17,7 @@ from typing import Any, Callable
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: 2-core machines slow down 5-10x without
 
 from flexnas.errors import FlexnasError  # noqa: E402
+from flexnas.measures import GOALS, MEASURES  # noqa: E402
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -226,6 +227,12 @@ def cmd_space(args: argparse.Namespace) -> int:
     return 0
 
 
+def _short(strip: str) -> str:
+    """A strip in a few words: counts of FULL, PARTIAL and NULL steps."""
+    parts = strip.split()
+    return f"{parts.count('F')} full, {sum(p.startswith('p') for p in parts)} partial"
+
+
 @command
 def cmd_search(args: argparse.Namespace) -> int:
     """Run (or resume) a GA or NSGA-II search and write the run folder."""
@@ -245,8 +252,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     overrides.pop("null_mode", None)  # SearchConfig.null_mode carries it
     label = _load(args).name  # checks the problem / model before any run folder is made
     config = SearchConfig(problem=spec, algorithm=args.algorithm, pop=args.pop, gens=args.gens,
-                          seed=args.seed, macs_budget=args.macs_budget, images=args.images,
-                          objective=args.objective, segments=_int_list(args.segments, "segments"),
+                          seed=args.seed, macs_budget=args.macs_budget, images=args.images, goal=args.goal,
+                          objective=args.objective, skip=not args.paper_space,
+                          rescore_images=1000 if args.rescore_images is None else args.rescore_images, segments=_int_list(args.segments, "segments"),
                           branches=_int_list(args.branches, "branches"), null_mode=args.null_mode,
                           extractor=args.extractor, extractor_weights=args.inception_weights,
                           overrides=overrides).validate()
@@ -254,21 +262,22 @@ def cmd_search(args: argparse.Namespace) -> int:
     started = time.time()
     res, problem = run_search(config, out, resume=args.resume, workers=args.workers, dask=args.dask,
                               progress=not args.quiet, threads=args.threads)
-    evaluator = CandidateEvaluator.get(problem.config, args.threads).evaluator
-    summary = write_run_outputs(res, problem, out, evaluator, n_choose=args.choose, wall_images=args.wall_images,
+    candidates = CandidateEvaluator.get(problem.config, args.threads)
+    summary = write_run_outputs(res, problem, out, candidates, n_choose=args.choose, wall_images=args.wall_images,
                                 grid_images=args.grid_images, started=started)
-    best, obj = summary["best"] or {}, summary["objective"]
+    best, obj, m = summary["best"] or {}, summary["objective"], summary["measure"]
     print(f"evaluated {summary['evaluated']} plans ({summary['cache_hits']} cache hits); denoiser calls "
           f"{summary['denoiser_calls_made']} made vs {summary['denoiser_calls_naive']} naive")
     algo = problem.config.algorithm  # a resumed run keeps its own
     if best and algo == "ga":
         note = "" if best["feasible"] else "  (no plan met the MACs budget: least infeasible)"
         print(f"best {obj} {best[obj]:.4g} at MACs ratio {best['macs_ratio']:.3f}{note}")
-    print("chosen plans, spread along the front:" if algo == "nsga2" else "chosen plan:")
+    print(f"chosen plans ({m}; beside the best baseline at least as fast):")
     for i, r in enumerate(summary["chosen_plans"]):
-        wall = f"  wall ratio {r['wall_ratio']:.3f}" if r.get("wall_ratio") is not None else ""
-        print(f"  plans/plan_{i}.json  MACs ratio {r['macs_ratio']:.3f} ({1 / r['macs_ratio']:.2f}x fewer)  "
-              f"{obj} {r[obj]:.4g}{wall}")
+        wall = f"  wall {1 / r['wall_ratio']:.2f}x" if r.get("wall_ratio") else ""
+        rv = r.get("rival")
+        vs = f"   vs {rv[m]:.4g} at {1 / rv['macs_ratio']:.2f}x ({_short(rv['strip'])})" if rv else "   (no baseline as fast)"
+        print(f"  plans/plan_{i}.json  MACs {1 / r['macs_ratio']:.2f}x{wall}  {m} {r[m]:.4g}{vs}")
     print(f"results in {out}/ (front.csv, plans/, pareto.png, grids/, summary.json)")
     return 0
 
@@ -371,9 +380,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--pop", type=int, default=16)
     sp.add_argument("--gens", type=int, default=6)
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--macs-budget", type=float, default=None, help="GA: MACs ratio bound (e.g. 0.3)")
-    sp.add_argument("--images", type=int, default=None, help="images per rFID (default: the problem's)")
-    sp.add_argument("--objective", choices=("rfid", "fid_to_real"), default="rfid")
+    sp.add_argument("--macs-budget", type=float, default=None,
+                    help="MACs ratio bound (e.g. 0.3): GA needs one; NSGA-II keeps its front below it")
+    sp.add_argument("--images", type=int, default=None, help="images per screening evaluation (default: the problem's)")
+    sp.add_argument("--goal", choices=GOALS, default=None,
+                    help="quality: best FID to real images per compute (default where the problem has real-image "
+                         "statistics); fidelity: the teacher's images, faster (default otherwise)")
+    sp.add_argument("--objective", choices=tuple(MEASURES), default=None,
+                    help="search measure (default: the goal's, see README 'Objectives')")
+    sp.add_argument("--rescore-images", type=int, default=None,
+                    help="re-score the front and the baselines on this many images (default 1000; 0: off)")
+    sp.add_argument("--paper-space", action="store_true",
+                    help="the paper's space: every segment runs a FULL step (no skipped segments)")
     sp.add_argument("--segments", default=None, help="admissible N, comma-separated (default: divisors of T)")
     sp.add_argument("--branches", default=None, help="candidate branches, comma-separated (default: all)")
     sp.add_argument("--null-mode", choices=("drop", "reuse"), default=None)

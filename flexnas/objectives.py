@@ -106,27 +106,47 @@ class Evaluator:
             self.clip = ClipScorer(clip, self.loaded.device)
 
     # ------------------------------------------------------------------ keys
-    def teacher_key(self) -> str:
-        """Cache name of the teacher's statistics: everything they depend on, hashed."""
+    def identity(self, n: int | None = None) -> str:
+        """Everything a plan's images and features depend on besides the plan, hashed (``n``: the image count)."""
         p = self.loaded.problem
-        cond = self.loaded.conditioning(0, min(self.n, p.batch_size))
+        cond = self.loaded.conditioning(0, min(self.n if n is None else n, p.batch_size))
         cond_desc = {k: (v.shape, float(v.double().sum())) if torch.is_tensor(v) else v
                      for k, v in vars(cond).items() if v is not None}
-        desc = json.dumps({"model": self.loaded.identity, "scheduler": p.scheduler, "sched_kw": p.scheduler_kwargs,
-                           "T": p.T, "eta": p.eta, "seed": p.seed, "n": self.n, "batch": p.batch_size,
-                           "cond": repr(sorted(cond_desc.items())), "labels": p.class_labels,
-                           "extractor": self.extractor, "extractor_weights": extractor_fingerprint(self.extractor_kw),
-                           "sched_cfg": dict(self.loaded.scheduler.config),
-                           "device": str(self.loaded.device), "dtype": str(self.loaded.unet.dtype)}, sort_keys=True,
-                          default=str)
+        desc = {"model": self.loaded.identity, "scheduler": p.scheduler, "sched_kw": p.scheduler_kwargs,
+                "T": p.T, "eta": p.eta, "seed": p.seed, "batch": p.batch_size,
+                "cond": repr(sorted(cond_desc.items())), "labels": p.class_labels,
+                "extractor": self.extractor, "extractor_weights": extractor_fingerprint(self.extractor_kw),
+                "sched_cfg": dict(self.loaded.scheduler.config),
+                "device": str(self.loaded.device), "dtype": str(self.loaded.unet.dtype)}
+        if n is not None:
+            desc["n"] = n
+        text = json.dumps(desc, sort_keys=True, default=str)
         extra = {}
         if p.resolution is not None:
             extra["shape"] = list(self.loaded.sample_shape)
         if p.prompts:
-            extra["prompts"] = hashlib.sha256(json.dumps(self.loaded.prompts(0, self.n)).encode()).hexdigest()
+            extra["prompts"] = hashlib.sha256(json.dumps(self.loaded.prompts(0, n or 10**4)).encode()).hexdigest()
         if extra:  # only problems that have these, so existing keys stay valid
-            desc += json.dumps(extra, sort_keys=True)
-        return f"flexnas-teacher-{p.name}-{hashlib.sha256(desc.encode()).hexdigest()[:20]}"
+            text += json.dumps(extra, sort_keys=True)
+        return f"{p.name}-{hashlib.sha256(text.encode()).hexdigest()[:20]}"
+
+    def teacher_key(self) -> str:
+        """Cache name of the teacher's statistics: everything they depend on, hashed."""
+        return f"flexnas-teacher-{self.identity(self.n)}"
+
+    def store(self, root: str | Path | None = "default", prefixes: Any = None) -> "FeatureStore":
+        """A feature store of this problem and extractor (default root: ``$FLEXNAS_CACHE/features``)."""
+        from flexnas.store import FeatureStore
+
+        root = cache_dir() / "features" if root == "default" else root
+        return FeatureStore(self.loaded, self.extractor, self.extractor_kw, self.identity(), root, prefixes)
+
+    def reference(self) -> "Reference | None":
+        """The problem's real-image statistics in this extractor's space (None without them)."""
+        from flexnas.measures import Reference
+
+        src = self.loaded.problem.real_statistics
+        return Reference.load(src, self.extractor) if src is not None and Path(src).is_file() else None
 
     def teacher_dataset(self) -> ImageDataset:
         return ImageDataset(self.n, lambda: self.loaded.images(None, n=self.n))
@@ -148,8 +168,16 @@ class Evaluator:
         return max(0.0, fidelity_fid(ImageDataset(len(images), lambda: images), self.teacher_dataset(),
                                      self.cache_root, self.extractor_kw, input2_cache_name=self.teacher_key()))
 
+    def check_plan(self, plan: Plan) -> Plan:
+        """Refuse a plan for another base schedule than the problem's (its teacher would not be comparable)."""
+        p = self.loaded.problem
+        if plan.T != p.T:
+            raise FlexnasError(f"the plan's base schedule has T={plan.T} steps but problem {p.name} samples with "
+                               f"T={p.T}: make the plan with --base-steps {p.T}, or pass --steps {plan.T}")
+        return plan
+
     def rfid(self, plan: Plan) -> float:
-        return self.rfid_of_latents(self.loaded.latents(plan, n=self.n))
+        return self.rfid_of_latents(self.loaded.latents(self.check_plan(plan), n=self.n))
 
     def real_cache_name(self) -> str | None:
         """torch-fidelity cache name of the problem's real-image statistics, installed on first use."""
@@ -218,7 +246,7 @@ class Evaluator:
 
     def evaluate(self, plan: Plan, wall_images: int = 0, repeats: int = 3) -> dict[str, Any]:
         """All objectives of ``plan`` as one dict (wall-clock only when ``wall_images`` > 0)."""
-        out = self.score_latents(plan, self.loaded.latents(plan, n=self.n))
+        out = self.score_latents(plan, self.loaded.latents(self.check_plan(plan), n=self.n))
         if wall_images > 0:
             w, tw = self.wall(plan, wall_images, repeats), self.teacher_wall(wall_images, repeats)
             out.update(wall_s=w, teacher_wall_s=tw, wall_ratio=w / tw)

@@ -56,8 +56,9 @@ class SegmentMutation(Mutation):
         for i, x in enumerate(X):
             n, b, k = sp.split(x)
             L = sp.T // n
-            # with L = 1 (the teacher) no segment can change: changing N is the only mutation
-            if len(sp.Ns) > 1 and (L == 1 or rng.random() < self.prob_change_n):
+            # with L = 1 (the teacher) and no skipping no segment can change: changing N is the only mutation
+            fixed = L == 1 and not sp.skip
+            if len(sp.Ns) > 1 and (fixed or rng.random() < self.prob_change_n):
                 others = [m for m in sp.Ns if m != n]
                 out[i] = sp.remap(x, others[int(rng.integers(len(others)))])
                 continue
@@ -67,9 +68,10 @@ class SegmentMutation(Mutation):
             b, k = b.copy(), k.copy()
             old = (b[forced] if k[forced] > 1 else 0, k[forced])
             b[redraw] = rng.integers(0, len(sp.branches), redraw.sum())
-            k[redraw] = rng.integers(1, L + 1, redraw.sum())
-            while L > 1 and (b[forced] if k[forced] > 1 else 0, k[forced]) == old:  # at least one segment changes
-                b[forced], k[forced] = rng.integers(0, len(sp.branches)), rng.integers(1, L + 1)
+            low = sp.k_low(n)
+            k[redraw] = rng.integers(low[redraw], L + 1)
+            while low[forced] < L and (b[forced] if k[forced] > 1 else 0, k[forced]) == old:  # one segment changes
+                b[forced], k[forced] = rng.integers(0, len(sp.branches)), rng.integers(low[forced], L + 1)
             out[i] = sp.join(n, b, k)
         return out
 

@@ -2,7 +2,9 @@
 
 A plan is pure data. The base schedule of ``T`` steps is cut into ``N`` segments of
 equal length ``L = T / N``; segment ``s`` is one FULL step, ``interval - 1`` PARTIAL
-steps at ``branch`` and ``L - interval`` NULL steps (DESIGN.md, section 1).
+steps at ``branch`` and ``L - interval`` NULL steps (docs/DESIGN.md, section 1). Beyond the paper,
+a segment after the first may have interval 0: it is skipped whole (L NULL steps), which
+lets a plan place its FULL steps anywhere on a grid of N points of the base schedule.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class Step:
 
 @dataclass(frozen=True)
 class Segment:
-    """``interval`` active steps (1 FULL + interval-1 PARTIAL at ``branch``), then NULL steps."""
+    """``interval`` active steps (1 FULL + interval-1 PARTIAL at ``branch``), then NULL steps (0: all NULL)."""
 
     interval: int
     branch: int | None = None
@@ -49,7 +51,7 @@ class Segment:
             raise FlexnasError(f"segment interval must be an integer, got {self.interval!r}")
         if self.branch is not None and (isinstance(self.branch, bool) or not isinstance(self.branch, int)):
             raise FlexnasError(f"segment branch must be an integer or null, got {self.branch!r}")
-        if self.interval == 1 and self.branch is not None:
+        if self.interval <= 1 and self.branch is not None:
             # no PARTIAL step uses the branch: canonical form drops it, so equal plans compare equal
             object.__setattr__(self, "branch", None)
 
@@ -85,8 +87,10 @@ class Plan:
             raise FlexnasError(f"N={n} segments must divide T={self.T}: admissible N are {divisors(self.T)}")
         L = self.T // n
         for i, s in enumerate(self.segments):
-            if not 1 <= s.interval <= L:
-                raise FlexnasError(f"segment {i}: interval {s.interval} out of range 1..{L} (L = T/N = {self.T}/{n})")
+            low = 1 if i == 0 else 0  # the first step must call the network; later segments may be skipped
+            if not low <= s.interval <= L:
+                raise FlexnasError(f"segment {i}: interval {s.interval} out of range {low}..{L} (L = T/N = "
+                                   f"{self.T}/{n})")
             if s.interval > 1 and s.branch is None:
                 raise FlexnasError(f"segment {i}: interval {s.interval} has partial steps and needs a branch")
             if s.branch is not None and s.branch < 0:
@@ -109,7 +113,8 @@ class Plan:
     def steps(self) -> tuple[Step, ...]:
         out: list[Step] = []
         for s in self.segments:
-            out.append(Step(StepKind.FULL))
+            if s.interval:
+                out.append(Step(StepKind.FULL))
             out.extend(Step(StepKind.PARTIAL, s.branch) for _ in range(s.interval - 1))
             out.extend(Step(StepKind.NULL) for _ in range(self.L - s.interval))
         return tuple(out)
@@ -120,7 +125,7 @@ class Plan:
         for s in self.segments:
             if s.interval > 1:
                 partial[s.branch] = partial.get(s.branch, 0) + s.interval - 1
-        full = self.N
+        full = sum(1 for s in self.segments if s.interval)
         return {"full": full, "partial": dict(sorted(partial.items())),
                 "null": self.T - full - sum(partial.values())}
 

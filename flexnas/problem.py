@@ -209,8 +209,12 @@ class LoadedProblem:
 
     @torch.no_grad()
     def latents(self, plan: Plan | None, n: int | None = None, seed: int | None = None,
-                counter: StepCounter | None = None, prefixes: "PrefixStore | None" = None) -> torch.Tensor:
-        """Final latents of ``n`` images under ``plan`` (None = teacher), from the problem's fixed noise.
+                counter: StepCounter | None = None, prefixes: "PrefixStore | None" = None,
+                start: int = 0) -> torch.Tensor:
+        """Final latents of images ``start..n`` under ``plan`` (None = teacher), from the problem's fixed noise.
+
+        ``start`` must be a batch boundary: batch ``b`` always draws from seed ``seed + b``. A plan's
+        own ``T`` is its base schedule (a stock ``num_inference_steps=k`` run is ``Plan.teacher(.., k)``).
 
         With a ``prefixes`` store (stateless schedulers such as DDIM), a plan whose leading
         segments equal an earlier plan's starts from the latents stored at that boundary.
@@ -225,9 +229,13 @@ class LoadedProblem:
             prefixes = None  # a multistep scheduler's state is more than the latents
         out = []
         with PlanController(self.unet, self.scheduler, plan) as ctl:
-            for start, stop in self.batches(n):
-                noise, g = self.noise(start, stop, seed)
-                batch_key = (seed, start, stop)
+            if start % p.batch_size:
+                raise FlexnasError(f"start {start} is not a multiple of the batch size {p.batch_size}")
+            for first, stop in self.batches(n):
+                if first < start:
+                    continue
+                noise, g = self.noise(first, stop, seed)
+                batch_key = (seed, first, stop)
                 start_step, start_x = 0, None
                 if prefixes is not None:
                     hit = prefixes.longest(plan, batch_key)
@@ -239,8 +247,8 @@ class LoadedProblem:
                     if prefixes is not None and i % plan.L == 0 and i > start_step:
                         prefixes.put(plan, i // plan.L, batch_key, x, g.get_state())
 
-                out.append(sample(self.unet, self.scheduler, p.T, plan=plan, noise=noise, generator=g,
-                                  cond=self.conditioning(start, stop), eta=p.eta, counter=counter, controller=ctl,
+                out.append(sample(self.unet, self.scheduler, plan.T, plan=plan, noise=noise, generator=g,
+                                  cond=self.conditioning(first, stop), eta=p.eta, counter=counter, controller=ctl,
                                   start_step=start_step, start_x=start_x, on_step=on_step))
         return torch.cat(out)
 

@@ -36,8 +36,10 @@ MARKERS = {"teacher": ("*", "black", "teacher"), "deepcache": ("^", "tab:blue", 
 
 
 def plot_pareto(records: list[dict], front: list[dict], path: str | Path, objective: str = "rfid",
-                title: str = "", baselines: list[dict] | None = None) -> Path:
-    """Objective vs MACs ratio: every candidate, the front, and baseline plans marked."""
+                title: str = "", baselines: list[dict] | None = None, rescored: list[dict] | None = None,
+                rescored_measure: str | None = None) -> Path:
+    """Objective vs MACs ratio: every candidate, the front, and baseline plans marked; with
+    ``rescored`` records, a second panel shows the re-scored plans on ``rescored_measure``."""
     import math
 
     import matplotlib
@@ -45,12 +47,15 @@ def plot_pareto(records: list[dict], front: list[dict], path: str | Path, object
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def pts(rs):
-        xs = [r["macs_ratio"] for r in rs if r.get(objective) is not None and math.isfinite(r[objective])]
-        ys = [r[objective] for r in rs if r.get(objective) is not None and math.isfinite(r[objective])]
-        return xs, ys
+    def pts_of(rs, m):
+        ok = sorted((r for r in rs if r.get(m) is not None and math.isfinite(r[m])), key=lambda r: r["macs_ratio"])
+        return [r["macs_ratio"] for r in ok], [r[m] for r in ok]
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=120)
+    def pts(rs):
+        return pts_of(rs, objective)
+
+    fig, axes = plt.subplots(1, 2 if rescored else 1, figsize=(12 if rescored else 6.4, 4.6), dpi=120, squeeze=False)
+    ax = axes[0, 0]
     ax.scatter(*pts(records), s=12, c="lightgray", label="evaluated candidates")
     for fam, (m, c, label) in MARKERS.items():
         xs, ys = pts([r for r in records + (baselines or []) if plan_family(r["plan"]) == fam])
@@ -64,6 +69,20 @@ def plot_pareto(records: list[dict], front: list[dict], path: str | Path, object
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
+    if rescored:
+        ax2, m = axes[0, 1], rescored_measure
+        for fam, (mk, c, label) in MARKERS.items():
+            xs, ys = pts_of([r for r in rescored if plan_family(r["plan"]) == fam], m)
+            ax2.scatter(xs, ys, marker=mk, s=50, c=c, label=label, zorder=3)
+        xs, ys = pts_of([r for r in rescored if not plan_family(r["plan"])], m)
+        ax2.scatter(xs, ys, s=30, c="tab:orange", label="searched", zorder=3)
+        xs, ys = pts_of([r for r in rescored if r.get("hi_front")], m)
+        ax2.plot(xs, ys, "o-", c="tab:red", ms=4, mfc="none", label="re-scored front", zorder=4)
+        ax2.set_xlabel("MACs ratio to teacher (lower = faster)")
+        ax2.set_ylabel(f"{m.replace('_', ' ')} ({rescored[0]['hi_images']} images)")
+        ax2.grid(alpha=0.3)
+        ax2.legend(fontsize=8)
+        ax2.set_title("re-scored on more images", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

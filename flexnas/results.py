@@ -11,20 +11,31 @@ from typing import Any
 import numpy as np
 
 from flexnas.plan import Plan
-from flexnas.report import plot_pareto, save_grid, side_by_side
+from flexnas.report import plan_family, plot_pareto, save_grid, side_by_side
 
-CSV_FIELDS = ("key", "generation", "N", "strip", "rfid", "fid_to_real", "macs", "macs_ratio", "eval_s", "calls",
-              "naive_calls", "genome")
+from flexnas.measures import GROUND_TRUTH, MEASURES
+
+BASE_FIELDS = ("key", "generation", "family", "N", "strip", "macs", "macs_ratio")
+TAIL_FIELDS = ("eval_s", "sample_s", "calls", "naive_calls", "genome")
+
+
+def csv_fields(records: list[dict]) -> list[str]:
+    """Base columns, then every measure present (low fidelity, then ``hi_`` re-scored), then costs."""
+    present = {k for r in records for k in r}
+    measures = [m for m in MEASURES if m in present]
+    hi = ["hi_images", "hi_front"] + [f"hi_{m}" for m in MEASURES if f"hi_{m}" in present] if "hi_images" in present else []
+    return [*BASE_FIELDS, *measures, *hi, *(f for f in TAIL_FIELDS if f in present)]
 
 
 def write_records(records: list[dict], stem: Path) -> None:
     """``stem``.json (full records) and ``stem``.csv (one row each)."""
     stem.with_suffix(".json").write_text(json.dumps(records, indent=1, default=str))
     with stem.with_suffix(".csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=csv_fields(records), extrasaction="ignore")
         w.writeheader()
         for r in records:
-            w.writerow({**r, "N": r["plan"]["N"], "genome": " ".join(map(str, r["genome"]))})
+            w.writerow({**r, "N": r["plan"]["N"], "family": plan_family(r["plan"]) or "searched",
+                        "genome": " ".join(map(str, r.get("genome", [])))})
 
 
 def front_records(res, problem) -> list[dict]:
@@ -35,7 +46,44 @@ def front_records(res, problem) -> list[dict]:
         k = ",".join(str(int(v)) for v in problem.space.canonical(x))
         if k not in keys:
             keys.append(k)
-    return sorted((problem.cache.records[k] for k in keys), key=lambda r: (r["macs_ratio"], r["rfid"]))
+    obj = problem.config.objective
+    return sorted((problem.cache.records[k] for k in keys), key=lambda r: (r["macs_ratio"], r.get(obj, np.inf)))
+
+
+def nondominated(records: list[dict], measure: str) -> list[dict]:
+    """Records not dominated in (``measure``, MACs ratio), by MACs ratio (pymoo's sorting)."""
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+    ok = [r for r in records if r.get(measure) is not None and np.isfinite(r[measure])]
+    if not ok:
+        return []
+    idx = NonDominatedSorting().do(np.array([[r[measure], r["macs_ratio"]] for r in ok]),
+                                   only_non_dominated_front=True)
+    return sorted((ok[i] for i in idx), key=lambda r: r["macs_ratio"])
+
+
+def rescore(candidates, records: list[dict], front: list[dict], n: int, goal: str) -> list[dict]:
+    """Multi-fidelity step: the front and the non-dominated baselines, scored again on ``n`` images.
+
+    Adds ``hi_<measure>`` columns (teacher-referenced measures only for the fidelity goal, or
+    when the teacher's ``n`` images are stored already: they cost a full-price sampling) and
+    ``hi_front``: whether the plan is non-dominated in (goal's ground truth, MACs ratio).
+    """
+    obj = candidates.config.objective
+    base = nondominated([r for r in records if plan_family(r["plan"]) in ("steps", "deepcache", "teacher")], obj)
+    chosen = {r["key"]: r for r in front + base}
+    teacher = candidates.loaded.problem.teacher_plan()
+    names = [m for m in candidates.measures if MEASURES[m].reference == "real" or goal == "fidelity"
+             or candidates.store.has(teacher, n)]
+    out = []
+    for r in sorted(chosen.values(), key=lambda r: r["macs_ratio"]):
+        hi = candidates.evaluate(Plan.from_dict(r["plan"]), n=n, measures=names)
+        out.append({**r, "hi_images": n, **{f"hi_{m}": hi[m] for m in names}})
+    gt = f"hi_{GROUND_TRUTH[goal]}"
+    on_front = {r["key"] for r in nondominated(out, gt)}
+    for r in out:
+        r["hi_front"] = r["key"] in on_front
+    return out
 
 
 def choose(front: list[dict], k: int) -> list[dict]:
@@ -50,25 +98,38 @@ def best_record(front: list[dict], cfg) -> dict | None:
     """The front's best plan by the search objective; for GA, whether it meets the MACs budget."""
     if not front:
         return None
-    scores = [r[cfg.objective] if r[cfg.objective] is not None else np.inf for r in front]
-    r = front[int(np.argmin(scores))]
-    best = {k: r.get(k) for k in ("rfid", "fid_to_real", "macs_ratio", "strip")}
+    r = min(front, key=lambda r: r.get(cfg.objective, np.inf))
+    best = {k: r.get(k) for k in (cfg.objective, "macs_ratio", "strip")}
     if cfg.algorithm == "ga":
         best["feasible"] = r["macs_ratio"] <= cfg.macs_budget
     return best
 
 
-def write_run_outputs(res, problem, out: Path, evaluator, n_choose: int = 5, wall_images: int = 16,
+def rival(record: dict, pool: list[dict], measure: str) -> dict | None:
+    """The best baseline in ``pool`` at least as fast (MACs) as ``record``, by ``measure``."""
+    fast = [b for b in pool if plan_family(b["plan"]) and b["macs_ratio"] <= record["macs_ratio"] + 1e-12
+            and b.get(measure) is not None]
+    return min(fast, key=lambda b: b[measure]) if fast else None
+
+
+def write_run_outputs(res, problem, out: Path, candidates, n_choose: int = 5, wall_images: int = 16,
                       grid_images: int = 16, started: float | None = None) -> dict[str, Any]:
-    """Candidates, front, chosen plans (JSON + grids + wall-clock), Pareto plot and summary."""
+    """Candidates, front, re-scored front, chosen plans (JSON + grids + wall-clock), Pareto plot and summary."""
     out = Path(out)
+    evaluator, cfg = candidates.evaluator, problem.config
     records = sorted(problem.cache.records.values(), key=lambda r: (r["generation"], r["key"]))
     front = front_records(res, problem)
     write_records(records, out / "candidates")
     write_records(front, out / "front")
-    cfg = problem.config
+    measure, pool = cfg.objective, front
+    if cfg.rescore_images:
+        rescored = rescore(candidates, records, front, cfg.rescore_images, cfg.goal)
+        write_records(rescored, out / "rescored")
+        measure = f"hi_{GROUND_TRUTH[cfg.goal]}"
+        pool = [r for r in rescored if r["hi_front"]]
     plot_pareto(records, front, out / "pareto.png", cfg.objective,
-                title=f"{cfg.problem} {cfg.algorithm} pop {cfg.pop} gens {cfg.gens} seed {cfg.seed}")
+                title=f"{cfg.problem} {cfg.algorithm} pop {cfg.pop} gens {cfg.gens} seed {cfg.seed}",
+                rescored=rescored if cfg.rescore_images else None, rescored_measure=measure)
 
     (out / "plans").mkdir(exist_ok=True)
     (out / "grids").mkdir(exist_ok=True)
@@ -78,11 +139,16 @@ def write_run_outputs(res, problem, out: Path, evaluator, n_choose: int = 5, wal
     teacher_imgs = loaded.images(None, n=grid_images) if grid_images else None
     if teacher_imgs is not None:
         save_grid(teacher_imgs, out / "grids" / "teacher.png")
-    chosen = choose(front, n_choose)
+    searched = [r for r in pool if not plan_family(r["plan"])]
+    chosen = choose(searched or pool, n_choose)
     teacher_wall = evaluator.teacher_wall(wall_images) if wall_images else None
+    everything = rescored if cfg.rescore_images else records
     for i, r in enumerate(chosen):
         plan = Plan.from_dict(r["plan"])
-        extra: dict[str, Any] = {"rfid": r["rfid"], "fid_to_real": r["fid_to_real"], "macs_ratio": r["macs_ratio"]}
+        extra: dict[str, Any] = {k: r[k] for k in (cfg.objective, measure, "macs_ratio") if k in r}
+        best = rival(r, everything, measure)
+        r["rival"] = None if best is None else {"strip": best["strip"], measure: best[measure],
+                                                "macs_ratio": best["macs_ratio"]}
         if wall_images:
             w = evaluator.wall(plan, wall_images)
             extra.update(wall_s=w, teacher_wall_s=teacher_wall, wall_ratio=w / teacher_wall)
@@ -90,7 +156,7 @@ def write_run_outputs(res, problem, out: Path, evaluator, n_choose: int = 5, wal
         plan.with_meta(problem=cfg.problem, name=f"plan_{i}", **extra).save(out / "plans" / f"plan_{i}.json")
         if teacher_imgs is not None:
             side_by_side(teacher_imgs, loaded.images(plan, n=grid_images), out / "grids" / f"plan_{i}.png",
-                         ("teacher", f"plan_{i}: MACs x{r['macs_ratio']:.3f}, rFID {r['rfid']:.3g}"))
+                         ("teacher", f"plan_{i}: MACs x{1 / r['macs_ratio']:.2f}, {measure} {r[measure]:.3g}"))
     write_records(chosen, out / "chosen")
 
     calls = sum(r["calls"] for r in records)
@@ -107,10 +173,12 @@ def write_run_outputs(res, problem, out: Path, evaluator, n_choose: int = 5, wal
         "front_size": len(front),
         "decode_macs": evaluator.macs.decode,  # VAE/VQ decode per image (latent models), outside the MACs ratios
         "chosen": [f"plans/plan_{i}.json" for i in range(len(chosen))],
+        "goal": cfg.goal,
         "objective": cfg.objective,
+        "measure": measure,  # what the chosen plans were picked and reported by
         "best": best_record(front, cfg),
-        "chosen_plans": [{k: r.get(k) for k in ("rfid", "fid_to_real", "macs_ratio", "wall_ratio")} for r in chosen],
+        "chosen_plans": [{k: r.get(k) for k in (measure, "macs_ratio", "wall_ratio", "strip", "rival")}
+                         for r in chosen],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
-

@@ -24,8 +24,8 @@ from pymoo.core.callback import Callback
 from pymoo.core.problem import Problem as PymooProblem
 from pymoo.termination.max_gen import MaximumGenerationTermination
 
-from flexnas.engine import StepCounter
 from flexnas.errors import FlexnasError
+from flexnas.measures import DEFAULT_MEASURE, GOALS, MEASURES, available, check_measure, score
 from flexnas.objectives import Evaluator
 from flexnas.operators import CanonicalDuplicateElimination, FlexSampling, SegmentCrossover, SegmentMutation
 from flexnas.plan import Plan
@@ -33,7 +33,6 @@ from flexnas.problem import PrefixStore, get_problem
 from flexnas.space import SearchSpace
 
 ALGORITHMS = ("nsga2", "ga")
-OBJECTIVES = ("rfid", "fid_to_real")
 INF_SCORE = 1e9  # what pymoo sees for a diverged candidate (rfid = inf in the records)
 
 
@@ -48,7 +47,10 @@ class SearchConfig:
     seed: int = 0
     macs_budget: float | None = None
     images: int | None = None
-    objective: str = "rfid"
+    goal: str | None = None  # quality or fidelity (None: quality where the problem has real-image statistics)
+    objective: str | None = None  # a measure of flexnas.measures (None: the goal's default)
+    skip: bool = True  # segments after the first may be skipped (False: the paper's space)
+    rescore_images: int = 0  # re-score the front and the seeded baselines on this many images (0: no)
     segments: list[int] | None = None
     branches: list[int] | None = None
     null_mode: str | None = None
@@ -59,8 +61,13 @@ class SearchConfig:
     def validate(self) -> "SearchConfig":
         if self.algorithm not in ALGORITHMS:
             raise FlexnasError(f"--algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
-        if self.objective not in OBJECTIVES:
-            raise FlexnasError(f"--objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.goal is not None and self.goal not in GOALS:
+            raise FlexnasError(f"--goal must be one of {GOALS}, got {self.goal!r}")
+        if self.objective is not None and self.objective not in MEASURES:
+            raise FlexnasError(f"--objective must be one of {tuple(MEASURES)}, got {self.objective!r}")
+        if self.rescore_images and self.rescore_images < max(2, self.images or 0):
+            raise FlexnasError(f"--rescore-images {self.rescore_images} must exceed the screening --images "
+                               f"({self.images}): re-scoring is on more images")
         if self.pop < 2:
             raise FlexnasError(f"--pop must be at least 2, got {self.pop}")
         if self.gens < 1:
@@ -70,8 +77,6 @@ class SearchConfig:
         if self.algorithm == "ga":
             if self.macs_budget is None:
                 raise FlexnasError("--algorithm ga needs --macs-budget X (MACs ratio to the teacher, 0 < X <= 1)")
-        if self.algorithm == "nsga2" and self.macs_budget is not None:
-            raise FlexnasError("--macs-budget applies to --algorithm ga; NSGA-II searches the whole MACs range")
         if self.macs_budget is not None and not 0 < self.macs_budget <= 1:
             raise FlexnasError(f"--macs-budget must be in (0, 1], got {self.macs_budget}")
         return self
@@ -91,9 +96,12 @@ def check_runnable(evaluator: Evaluator, config: SearchConfig) -> None:
     from flexnas.engine import accepts_custom_timesteps, is_ddim
 
     problem = evaluator.loaded.problem
-    if config.objective == "fid_to_real" and evaluator.real_cache_name() is None:
-        raise FlexnasError(f"--objective fid_to_real: problem {problem.name} has no real-image statistics for "
-                           f"extractor {evaluator.extractor}: use --objective rfid")
+    real = evaluator.reference()
+    if config.goal is None:
+        config.goal = "quality" if real is not None else "fidelity"
+    if config.objective is None:
+        config.objective = DEFAULT_MEASURE[config.goal]
+    check_measure(config.objective, real)
     sch = evaluator.loaded.scheduler
     if problem.null_mode == "drop" and not (is_ddim(sch) or accepts_custom_timesteps(sch)):
         raise FlexnasError(f"{type(sch).__name__} cannot drop timesteps: pass --null-mode reuse")
@@ -113,6 +121,9 @@ class CandidateEvaluator:
                                    extractor_weights=config.extractor_weights)
         self.loaded = self.evaluator.loaded
         self.prefixes = PrefixStore()
+        self.store = self.evaluator.store(prefixes=self.prefixes)
+        self.real = self.evaluator.reference()
+        self.measures = available(self.real)
 
     @classmethod
     def get(cls, config: SearchConfig, threads: int | None = None) -> "CandidateEvaluator":
@@ -127,16 +138,31 @@ class CandidateEvaluator:
             _EVALUATORS[key] = cls(config)
         return _EVALUATORS[key]
 
-    def evaluate(self, plan: Plan) -> dict[str, Any]:
-        counter = StepCounter()
+    def evaluate(self, plan: Plan, n: int | None = None, measures: list[str] | None = None) -> dict[str, Any]:
+        """Every measure of ``plan`` on its first ``n`` images (default: the search's), MACs and cost.
+
+        Features come from the feature store: images already sampled (by this run, an earlier
+        one or the benchmark) are not sampled again, and more images extend fewer.
+        """
+        n = self.evaluator.n if n is None else n
+        names = measures or self.measures
         t0 = time.perf_counter()
-        latents = self.loaded.latents(plan, n=self.evaluator.n, counter=counter, prefixes=self.prefixes)
-        out = self.evaluator.score_latents(plan, latents)
-        for k in ("rfid", "fid_to_real"):  # rounded: the same front on any runner, whatever float noise
-            if out[k] is not None and math.isfinite(out[k]):
-                out[k] = round(out[k], 6)
-        out.update(eval_s=round(time.perf_counter() - t0, 3), calls=counter.calls,
-                   naive_calls=len(plan.active_indices()) * len(self.loaded.batches(self.evaluator.n)))
+        before = self.store.has(plan, n)
+        feats = self.store.features(plan, n)
+        teacher = None
+        if any(MEASURES[m].reference == "teacher" for m in names):
+            teacher = self.store.features(self.loaded.problem.teacher_plan(), n)
+        out: dict[str, Any] = score(names, feats, teacher, self.real)
+        for k, v in out.items():  # rounded: the same front on any runner, whatever float noise
+            if math.isfinite(v):
+                out[k] = round(v, 6)
+        cost = self.store.cost(plan, n)
+        macs = self.evaluator.macs
+        # against the problem's teacher, also for a plan on another base schedule (a stock k-step run)
+        out.update(macs=macs.plan_macs(plan), macs_ratio=macs.plan_macs(plan) / macs.teacher_macs(self.loaded.problem.T),
+                   eval_s=round(time.perf_counter() - t0, 3), sample_s=round(cost["sample_s"], 3),
+                   calls=0 if before else cost["calls"],
+                   naive_calls=len(plan.active_indices()) * len(self.loaded.batches(n)))
         return out
 
 
@@ -185,7 +211,8 @@ class FlexProblem(PymooProblem):
     def __init__(self, space: SearchSpace, config: SearchConfig, run_dir: Path):
         ga = config.algorithm == "ga"
         xl, xu = space.bounds()
-        super().__init__(n_var=space.n_var, n_obj=1 if ga else 2, n_ieq_constr=1 if ga else 0,
+        super().__init__(n_var=space.n_var, n_obj=1 if ga else 2,
+                         n_ieq_constr=0 if config.macs_budget is None else 1,
                          xl=xl, xu=xu, vtype=int)
         self.space, self.config, self.run_dir = space, config, run_dir
         self.generation = 1
@@ -219,15 +246,12 @@ class FlexProblem(PymooProblem):
         recs = [self.cache.records[k] for k in keys]
         self.requested_total += len(keys)
         self.naive_total += sum(r["naive_calls"] for r in recs)
-        obj = np.array([r[self.config.objective] if r[self.config.objective] is not None else math.inf
-                        for r in recs], dtype=float)
+        obj = np.array([r.get(self.config.objective, math.inf) for r in recs], dtype=float)
         obj = np.where(np.isfinite(obj), obj, INF_SCORE)
         macs = np.array([r["macs_ratio"] for r in recs], dtype=float)
-        if self.config.algorithm == "ga":
-            out["F"] = obj[:, None]
+        out["F"] = obj[:, None] if self.config.algorithm == "ga" else np.stack([obj, macs], axis=1)
+        if self.config.macs_budget is not None:
             out["G"] = (macs - self.config.macs_budget)[:, None]
-        else:
-            out["F"] = np.stack([obj, macs], axis=1)
 
 
 def ga_tournament(pop, P, **kwargs):
@@ -377,14 +401,14 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, workers: i
             check_runnable(CandidateEvaluator.get(config, threads).evaluator, config)  # before writing anything
             num_branches = len(CandidateEvaluator.get(config, threads).loaded.branches)
             space = SearchSpace.build(base.scheduler, base.T, num_branches, config.segments, config.branches,
-                                      base.null_mode)
+                                      base.null_mode, config.skip)
             problem = FlexProblem(space, config, out)
             algorithm = make_algorithm(space, config)
             (out / "run.json").write_text(json.dumps({"config": asdict(config), "space": asdict(space)}, indent=2,
                                                      default=str))
         evaluator = CandidateEvaluator.get(config, threads).evaluator
-        # the teacher's statistics are computed once, here, before any worker needs them
-        evaluator.ensure_teacher()
+        # the teacher's features are computed once, here, before any worker needs them
+        CandidateEvaluator.get(config, threads).evaluate(evaluator.loaded.problem.teacher_plan())
         problem.attach(runner, threads)
         from pymoo.optimize import minimize
 

@@ -5,6 +5,10 @@ segment counts, ``b_s`` indexes the candidate branches and ``k_s`` is segment ``
 interval. Genes of segments beyond N are inactive; canonical genomes set them to
 (b=0, k=1), and set ``b_s = 0`` where ``k_s = 1`` (no PARTIAL step uses the branch), so
 two genomes decode to the same plan exactly when their canonical forms are equal.
+
+With ``skip`` (beyond the paper), segments after the first may take interval 0 and be
+skipped whole: FULL steps can then sit anywhere on a grid of N points (timestep
+placement as genes), so e.g. 14 FULL steps are reachable with T = 100.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ class SearchSpace:
     Ns: tuple[int, ...]
     branches: tuple[int, ...]
     null_mode: str = "drop"
+    skip: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "Ns", tuple(sorted(set(int(n) for n in self.Ns))))
@@ -38,7 +43,7 @@ class SearchSpace:
 
     @classmethod
     def build(cls, scheduler: str, T: int, num_branches: int, Ns: list[int] | None = None,
-              branches: list[int] | None = None, null_mode: str = "drop") -> "SearchSpace":
+              branches: list[int] | None = None, null_mode: str = "drop", skip: bool = False) -> "SearchSpace":
         """Default: every divisor of T, every branch of the model."""
         if Ns is not None and not Ns:
             raise FlexnasError("no segment counts given: list admissible N, e.g. --segments 5,10,20")
@@ -48,7 +53,7 @@ class SearchSpace:
         bad = [b for b in branches if not 0 <= b < num_branches]
         if bad:
             raise FlexnasError(f"branches {bad} do not exist: the model has branches 0..{num_branches - 1}")
-        return cls(scheduler, T, tuple(divisors(T) if Ns is None else Ns), tuple(branches), null_mode)
+        return cls(scheduler, T, tuple(divisors(T) if Ns is None else Ns), tuple(branches), null_mode, skip)
 
     # ------------------------------------------------------------------ genome layout
     @property
@@ -63,9 +68,15 @@ class SearchSpace:
     def lmax(self) -> int:
         return self.T // min(self.Ns)
 
+    def k_low(self, n: int) -> np.ndarray:
+        """Lowest interval of each of N segments: 1, or 0 after the first when segments may be skipped."""
+        low = np.full(n, 0 if self.skip else 1, dtype=int)
+        low[0] = 1
+        return low
+
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         s = self.smax
-        xl = np.concatenate([[0], np.zeros(s), np.ones(s)]).astype(int)
+        xl = np.concatenate([[0], np.zeros(s), self.k_low(s)]).astype(int)
         xu = np.concatenate([[len(self.Ns) - 1], np.full(s, len(self.branches) - 1), np.full(s, self.lmax)]).astype(int)
         return xl, xu
 
@@ -93,7 +104,7 @@ class SearchSpace:
             return False
         n, b, k = self.split(x)
         L = self.T // n
-        return bool(np.all((k >= 1) & (k <= L)) and np.all((b >= 0) & (b < len(self.branches))))
+        return bool(np.all((k >= self.k_low(n)) & (k <= L)) and np.all((b >= 0) & (b < len(self.branches))))
 
     def canonical(self, x: np.ndarray) -> np.ndarray:
         """Inactive genes fixed, branch genes of interval-1 segments zeroed."""
@@ -137,14 +148,14 @@ class SearchSpace:
         """A uniformly drawn valid canonical genome (N uniform over the admissible ones)."""
         n = n if n is not None else self.Ns[int(rng.integers(len(self.Ns)))]
         L = self.T // n
-        return self.join(n, rng.integers(0, len(self.branches), n), rng.integers(1, L + 1, n))
+        return self.join(n, rng.integers(0, len(self.branches), n), rng.integers(self.k_low(n), L + 1))
 
     def remap(self, x: np.ndarray, n_new: int) -> np.ndarray:
         """Change N, mapping each new segment to the old one at the same place in time."""
         n, b, k = self.split(x)
         L, L_new = self.T // n, self.T // n_new
         src = (np.arange(n_new) * n) // n_new
-        k_new = np.clip(np.round(k[src] * L_new / L).astype(int), 1, L_new)
+        k_new = np.clip(np.round(k[src] * L_new / L).astype(int), self.k_low(n_new), L_new)
         return self.join(n_new, b[src], k_new)
 
     # ------------------------------------------------------------------ size
@@ -154,9 +165,9 @@ class SearchSpace:
         return sum((B * (self.T // n)) ** n for n in self.Ns)
 
     def size_distinct_plans(self) -> int:
-        """Distinct plans: a segment has 1 + B * (L - 1) choices (interval 1 needs no branch)."""
-        B = len(self.branches)
-        return sum((1 + B * (self.T // n - 1)) ** n for n in self.Ns)
+        """Distinct plans: a segment has 1 + B * (L - 1) choices (interval 1 needs no branch), one more if skippable."""
+        B, extra = len(self.branches), int(self.skip)
+        return sum((1 + B * (self.T // n - 1)) * (1 + extra + B * (self.T // n - 1)) ** (n - 1) for n in self.Ns)
 
     def size_step_wise(self) -> int:
         """K^T for a step-wise search with K = FULL, NULL and PARTIAL at each branch."""
@@ -172,7 +183,7 @@ class SearchSpace:
                 return f"10^{len(str(v)) - 1}"
 
         return (f"{self.scheduler} T={self.T}  N in {list(self.Ns)}  branches {list(self.branches)}  "
-                f"null mode {self.null_mode}\n"
+                f"null mode {self.null_mode}{'  skippable segments' if self.skip else ''}\n"
                 f"genome length {self.n_var}\n"
                 f"segment-wise size  sum_N (B*L)^N = {f(self.size_segment_wise())}  "
                 f"(distinct plans {f(self.size_distinct_plans())})\n"

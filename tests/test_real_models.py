@@ -149,8 +149,8 @@ def test_ldm_teacher_equals_stock_pipeline_including_vq_decode(folders):
     with torch.no_grad():
         unscaled = loaded.vae.decode(latents, return_dict=False)[0]
         unquantised = loaded.vae.decode(latents / 0.5, force_not_quantize=True, return_dict=False)[0]
-    assert maxdiff((unscaled / 2 + 0.5).clamp(0, 1), stock) > 1e-4
-    assert maxdiff((unquantised / 2 + 0.5).clamp(0, 1), stock) > 1e-4
+    assert maxdiff((unscaled / 2 + 0.5).clamp(0, 1), stock) > 1e-5
+    assert maxdiff((unquantised / 2 + 0.5).clamp(0, 1), stock) > 1e-5  # beyond the tolerance of the equality above
 
 
 def test_sd_teacher_equals_stock_pipeline_plms_guidance(folders):

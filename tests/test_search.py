@@ -72,6 +72,7 @@ def search_argv(out: Path, *extra: str) -> list[str]:
     """A cheap search (argparse keeps the last of repeated options, so ``extra`` may override)."""
     return ["--threads", "1", "search", "--problem", TINY, "--images", "8", "--pop", "4", "--gens", "2",
             "--segments", "2,5,10", "--wall-images", "1", "--grid-images", "4", "--choose", "2", "--quiet",
+            "--rescore-images", "0", "--objective", "rfid", "--paper-space",
             "--out", str(out), *extra]
 
 
@@ -139,6 +140,7 @@ def check_outputs(out: Path, algorithm: str) -> dict:
         plan = Plan.load(out / "plans" / f"plan_{i}.json")
         assert plan == Plan.from_dict(r["plan"]) == space.decode(np.array(r["genome"]))
         assert plan.meta["rfid"] == r["rfid"] and plan.meta["macs_ratio"] == r["macs_ratio"]
+        assert r["rival"] is None or r["rival"]["macs_ratio"] <= r["macs_ratio"]
         assert plan.meta["wall_s"] > 0 and plan.meta["wall_ratio"] > 0
         assert (out / "grids" / f"plan_{i}.png").read_bytes()[:8] == PNG
     for r in records:  # every record's genome is canonical, its plan is the decoded genome
@@ -205,7 +207,7 @@ def test_resume_equals_uninterrupted_run(nsga_run, tmp_path):
     with (moved / "evaluations.jsonl").open("a") as f:
         for r in gen2[: len(gen2) // 2]:
             f.write(json.dumps(r) + "\n")
-    cfg = SearchConfig(problem=TINY, pop=4, gens=2, images=8, segments=[2, 5, 10])
+    cfg = SearchConfig(problem=TINY, pop=4, gens=2, images=8, segments=[2, 5, 10], objective="rfid", skip=False)
     res, problem = run_search(cfg, moved, resume=True, progress=False, threads=1)
     assert problem.run_dir == moved
     assert snapshot(a) == before
@@ -218,7 +220,7 @@ def test_resume_of_a_finished_run_adds_no_generation(nsga_run, tmp_path):
     run = tmp_path / "done"
     shutil.copytree(nsga_run, run)
     n_before = len(evaluations_of(run))
-    cfg = SearchConfig(problem=TINY, pop=4, gens=2, images=8, segments=[2, 5, 10])
+    cfg = SearchConfig(problem=TINY, pop=4, gens=2, images=8, segments=[2, 5, 10], objective="rfid", skip=False)
     before = snapshot(nsga_run)
     res, problem = run_search(cfg, run, resume=True, progress=False, threads=1)
     assert len(evaluations_of(run)) == n_before
@@ -251,7 +253,7 @@ def test_workers_give_the_in_process_front(nsga_run, tmp_path):
 # --------------------------------------------------------------------------- evaluation cache
 @pytest.fixture
 def small_config():
-    return SearchConfig(problem=TINY, pop=4, gens=2, images=8, segments=[2, 5, 10], overrides=dict(OVERRIDES))
+    return SearchConfig(problem=TINY, pop=4, gens=2, images=8, segments=[2, 5, 10], objective="rfid", skip=False, overrides=dict(OVERRIDES))
 
 
 def test_evaluation_cache_prevents_re_evaluation(small_config, tmp_path, monkeypatch, count_calls):
@@ -328,35 +330,74 @@ def test_prefix_reuse_is_exact_and_saves_calls(small_config):
         Plan(S, 10, (Segment(1), Segment(1), Segment(1), Segment(1), Segment(1))),  # shares none
         Plan(S, 10, (Segment(2, 1), Segment(1), Segment(2, 3), Segment(1), Segment(2, 0))),  # repeat of the first
     ]
-    saved = ev.prefixes
-    try:
-        ev.prefixes = None
-        plain = [ev.evaluate(p) for p in plans]
-        plain_latents = [ev.loaded.latents(p, n=8) for p in plans]
-        store = PrefixStore()
-        ev.prefixes = store
-        reused = [ev.evaluate(p) for p in plans]
-        reused_latents = [ev.loaded.latents(p, n=8, prefixes=PrefixStore()) for p in plans]
-    finally:
-        ev.prefixes = saved
-    keys = ("rfid", "fid_to_real", "macs", "macs_ratio", "naive_calls")
-    for p, r in zip(plain, reused):
-        assert {k: p[k] for k in keys} == {k: r[k] for k in keys}
-    assert [r["calls"] for r in plain] == [r["naive_calls"] for r in plain] == [8, 8, 7, 5, 8]
-    # B resumes at segment 3 (2 + 1 calls left), C at segment 1, D shares nothing, the repeat of A
-    # at its deepest stored boundary (segment 4: 2 calls left)
-    assert [r["calls"] for r in reused] == [8, 3, 5, 5, 2]
-    assert sum(r["calls"] for r in reused) < sum(r["calls"] for r in plain)
-    assert store.hits == 3 and store.steps_saved == 3 * 2 + 1 * 2 + 4 * 2  # in base steps (L = 2)
-    for x, y in zip(plain_latents, reused_latents):
-        assert torch.equal(x, y)
+    plain_store = ev.evaluator.store(root=None)  # in memory, no prefix reuse
+    reuse_store = ev.evaluator.store(root=None, prefixes=PrefixStore())
+    plain = [plain_store.cost(p, 8)["calls"] for p in plans[:4]]
+    reused = [reuse_store.cost(p, 8)["calls"] for p in plans[:4]]
+    for p in plans[:4]:  # bit-identical features with and without sharing a prefix
+        assert np.array_equal(plain_store.features(p, 8), reuse_store.features(p, 8))
+        assert torch.equal(ev.loaded.latents(p, n=8), ev.loaded.latents(p, n=8, prefixes=reuse_store.prefixes))
+    assert plain == [len(p.active_indices()) for p in plans[:4]] == [8, 8, 7, 5]
+    # B resumes at segment 3 (2 + 1 calls left), C at segment 1, D shares nothing
+    assert reused == [8, 3, 5, 5]
+    # the repeat of A is answered by the store: no sampling at all
+    assert reuse_store.has(plans[4], 8) and ev.evaluate(plans[0])["macs"] == ev.evaluate(plans[4])["macs"]
 
-    # directly on latents with one store: bitwise equal to sampling from scratch
-    loaded = ev.loaded
-    store = PrefixStore()
-    for p in plans:
-        assert torch.equal(loaded.latents(p, n=8, prefixes=store), loaded.latents(p, n=8))
-    assert store.hits == 3
+
+# --------------------------------------------------------------------------- feature store, re-scoring
+def test_feature_store_extends_prefixes_and_survives_damage(small_config, tmp_path):
+    from flexnas.objectives import to_uint8_rgb
+    from flexnas.store import plan_key
+
+    ev = CandidateEvaluator.get(small_config, 1)
+    S = "DDIMScheduler"
+    plan = Plan(S, 10, (Segment(2, 1), Segment(0), Segment(2, 3), Segment(1), Segment(2, 0)))
+    store = ev.evaluator.store(root=tmp_path)
+    f8 = store.features(plan, 8)  # one batch (batch size 8)
+    f24 = store.features(plan, 24)  # two more batches: the first 8 rows are the 8-image evaluation
+    assert f24.shape == (24, 64) and np.array_equal(f24[:8], f8)
+    images = ev.loaded.decode(ev.loaded.latents(plan, n=16, start=8))  # images 8..16, sampled on their own
+    with torch.no_grad():
+        direct = store.extractor(to_uint8_rgb(images))[0].double().numpy()
+    assert np.array_equal(f24[8:16], direct)
+    again = ev.evaluator.store(root=tmp_path)  # a new process reads the batches from disk
+    assert again.has(plan, 24) and np.array_equal(again.features(plan, 24), f24)
+    assert again.cost(plan, 24)["calls"] == 3 * len(plan.active_indices())
+    damaged = next(tmp_path.rglob("0000008-0000016.npz"))
+    damaged.write_bytes(b"not an npz")
+    third = ev.evaluator.store(root=tmp_path)
+    assert not third.has(plan, 24) and np.array_equal(third.features(plan, 24), f24)  # sampled again
+    # one step sequence, two segmentations: one store entry
+    assert plan_key(Plan.step_reduction(S, 10, 1)) == plan_key(Plan(S, 10, (Segment(1),) + (Segment(0),) * 4))
+
+
+def test_rescoring_writes_high_fidelity_columns(tmp_path):
+    import csv
+
+    from flexnas.measures import Reference, fid, statistics
+
+    out = tmp_path / "run"
+    assert cli(search_argv(out, "--goal", "quality", "--objective", "fid_to_real", "--rescore-images", "16")) == 0
+    rows = list(csv.DictReader((out / "rescored.csv").open()))
+    assert rows and {"hi_images", "hi_front", "hi_fid_to_real", "hi_kid_to_real", "fid_to_real"} <= set(rows[0])
+    assert "hi_paired" not in rows[0]  # quality goal: the teacher's 16 images are not sampled for it
+    front = json.loads((out / "front.json").read_text())
+    assert {r["key"] for r in front} <= {r["key"] for r in rows}
+    ev = CandidateEvaluator.get(SearchConfig(problem=TINY, images=8).validate(), 1)
+    from problems.fashion_mnist import FEATURE_EXTRACTOR, REAL_STATISTICS
+
+    real = Reference.load(REAL_STATISTICS, FEATURE_EXTRACTOR)
+    for r in rows:  # an independent FID of the plan's first 16 images against the shipped statistics
+        feats = ev.store.features(Plan.from_dict(json.loads((out / "rescored.json").read_text())[rows.index(r)]["plan"]), 16)
+        assert float(r["hi_fid_to_real"]) == pytest.approx(fid(statistics(feats), {"mu": real.mu, "sigma": real.sigma}),
+                                                           abs=1e-5)
+    hi = [(float(r["hi_fid_to_real"]), float(r["macs_ratio"])) for r in rows]
+    for r, (q, m) in zip(rows, hi):  # hi_front: exactly the non-dominated re-scored plans
+        dominated = any(q2 <= q and m2 <= m and (q2, m2) != (q, m) for q2, m2 in hi)
+        assert (r["hi_front"] == "True") == (not dominated)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["measure"] == "hi_fid_to_real" and summary["goal"] == "quality"
+    assert all("hi_fid_to_real" in c for c in summary["chosen_plans"])
 
 
 # --------------------------------------------------------------------------- bad input
@@ -379,7 +420,7 @@ def assert_one_error_line(capsys) -> str:
     (["--workers", "2", "--dask", "tcp://127.0.0.1:9"], "not both"),
     (["--choose", "-1"], "--choose"),
     (["--segments", "2,x"], "--segments"),
-    (["--macs-budget", "0.5"], "applies to --algorithm ga"),
+    (["--rescore-images", "4"], "--rescore-images"),
     (["--scheduler", "PNDMScheduler", "--null-mode", "drop"], "cannot drop timesteps"),
     (["--dask", "foo://bar"], "cannot reach the Dask scheduler"),
 ])
@@ -543,7 +584,7 @@ def test_resume_before_first_checkpoint_starts_over_without_re_evaluating(nsga_r
     for name in ("run.json", "evaluations.jsonl"):
         shutil.copy(nsga_run / name, run / name)
     n_before = len(evaluations_of(run))
-    cfg = SearchConfig(problem=TINY, pop=4, gens=2, images=8, segments=[2, 5, 10])
+    cfg = SearchConfig(problem=TINY, pop=4, gens=2, images=8, segments=[2, 5, 10], objective="rfid", skip=False)
     res, problem = run_search(cfg, run, resume=True, progress=False, threads=1)
     assert len(evaluations_of(run)) == n_before  # everything came from the evaluation cache
     assert (run / "checkpoint.pkl").is_file()

@@ -1,0 +1,196 @@
+"""Tables, targets, figures and the markdown of the ``compare`` report section."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from flexnas.measures import GROUND_TRUTH
+from flexnas.results import nondominated
+
+LEVELS = (0.01, 0.05, 0.10)
+BASELINE_FAMILIES = ("steps", "deepcache")
+
+
+def searched(fam: str) -> bool:
+    return fam not in ("teacher", "random", *BASELINE_FAMILIES)
+
+
+def fastest_within(records: list[dict], measure: str, bound: float) -> dict | None:
+    ok = [r for r in records if r.get(measure) is not None and r[measure] <= bound and "wall_speedup" in r]
+    return max(ok, key=lambda r: r["wall_speedup"]) if ok else None
+
+
+def hypervolume(records: list[dict], measure: str, ref: tuple[float, float]) -> float:
+    from pymoo.indicators.hv import HV
+
+    pts = np.array([[r[measure], r["macs_ratio"]] for r in nondominated(records, measure)])
+    return float(HV(ref_point=np.array(ref))(pts)) if len(pts) else 0.0
+
+
+def tables(out: dict) -> dict:
+    """The headline quality table, the fidelity comparison and hypervolumes, from the re-scored records."""
+    hi = [r for r in out["hi"]]
+    teacher = out["teacher"]
+    fams = sorted({r["family"] for r in hi if r["family"] != "teacher"}, key=lambda f: (searched(f), f))
+    q = GROUND_TRUTH["quality"]
+    quality = []
+    for lv in LEVELS:
+        bound = teacher[q] * (1 + lv)
+        row = {"level": lv, "bound": bound}
+        for fam in fams:
+            r = fastest_within([x for x in hi if x["family"] == fam], q, bound)
+            row[fam] = None if r is None else {k: r[k] for k in ("name", "strip", q, "macs_ratio", "wall_speedup")}
+        quality.append(row)
+    # fidelity: every baseline with a measured wall-clock, against the searched fidelity plans on hi images
+    f = GROUND_TRUTH["fidelity"]
+    mine = [r for r in hi if searched(r["family"]) and r["family"].endswith("fidelity")]
+    fidelity = []
+    for b in sorted({r["strip"]: r for r in out["baselines_mid"] + hi
+                     if r["family"] in BASELINE_FAMILIES and "wall_speedup" in r}.values(),
+                    key=lambda r: r["wall_speedup"]):
+        bh = next((r for r in hi if r["strip"] == b["strip"]), b)
+        rivals = [r for r in mine if r["wall_speedup"] >= b["wall_speedup"] and r[f] < bh[f]]
+        best = min(rivals, key=lambda r: r[f]) if rivals else None
+        fidelity.append({"name": b["name"], "images": bh["images"], f: bh[f], "wall_speedup": b["wall_speedup"],
+                         "macs_ratio": b["macs_ratio"], "beaten_by": None if best is None else
+                         {k: best[k] for k in ("name", f, "wall_speedup", "macs_ratio", "strip")}})
+    hv = {}
+    region = out["settings"]["fast_region"]
+    for goal, m in GROUND_TRUTH.items():
+        base = [r for r in hi if r["family"] in BASELINE_FAMILIES and r["macs_ratio"] <= region]
+        ours = [r for r in hi if searched(r["family"]) and r["family"].endswith(goal) and r["macs_ratio"] <= region]
+        pool = base + ours
+        if not pool:
+            continue
+        ref = (max(r[m] for r in pool) * 1.1, region)
+        hv[goal] = {"reference": ref, "baselines": hypervolume(base, m, ref), "flexnas": hypervolume(ours, m, ref),
+                    "per_family": {fam: hypervolume([r for r in ours if r["family"] == fam], m, ref)
+                                   for fam in sorted({r["family"] for r in ours})}}
+    return {"families": fams, "quality": quality, "fidelity": fidelity, "hv": hv}
+
+
+def targets(out: dict) -> list[dict]:
+    t, res = out["tables"], []
+    fid = t["fidelity"]
+    won = sum(r["beaten_by"] is not None for r in fid)
+    res.append({"target": "fidelity: a re-scored searched plan at least as fast (wall) and closer to the teacher "
+                          "than each baseline", "measured": f"{won}/{len(fid)} baselines beaten",
+                "met": bool(fid) and won == len(fid)})
+    for row in t["quality"]:
+        ours = [row[f] for f in t["families"] if searched(f) and f.endswith("quality") and row[f]]
+        base = [row[f] for f in BASELINE_FAMILIES if row.get(f)]
+        o = max((r["wall_speedup"] for r in ours), default=None)
+        bb = max((r["wall_speedup"] for r in base), default=None)
+        ratio = o / bb if o and bb else None
+        res.append({"target": f"quality +{row['level']:.0%}: flexnas fastest >= 1.25x the fastest baseline (wall)",
+                    "measured": "none" if ratio is None else f"{o:.2f}x vs {bb:.2f}x = {ratio:.2f}",
+                    "met": bool(ratio and ratio >= 1.25)})
+    for goal, h in t["hv"].items():
+        ratio = h["flexnas"] / h["baselines"] if h["baselines"] else math.inf
+        res.append({"target": f"{goal}: hypervolume re-scored fronts / baselines >= 1.10",
+                    "measured": f"{ratio:.3f}", "met": ratio >= 1.10})
+    for goal, m in out["measures"].items():
+        res.append({"target": f"{goal}: search measure Kendall tau >= 0.8 vs its ground truth at <= 20% of its time",
+                    "measured": f"{m['measure']}@{m['images']}: tau {m['tau']:.3f}, time {m['time_ratio']:.1%}",
+                    "met": m["tau"] >= 0.8 and m["time_ratio"] <= 0.2})
+    return res
+
+
+def figures_of(out: dict, figures: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures.mkdir(parents=True, exist_ok=True)
+    names = []
+    hi = out["hi"]
+    for goal, m in GROUND_TRUTH.items():
+        fig, ax = plt.subplots(figsize=(7, 4.6), dpi=120)
+        for fam in sorted({r["family"] for r in hi}):
+            rs = sorted((r for r in hi if r["family"] == fam and "wall_speedup" in r), key=lambda r: r["wall_speedup"])
+            if searched(fam) and not fam.endswith(goal):
+                continue
+            ax.plot([r["wall_speedup"] for r in rs], [r[m] for r in rs], "o-" if fam in BASELINE_FAMILIES else "o",
+                    label=fam, ms=5)
+        ax.axhline(out["teacher"][m], c="k", lw=0.8, ls="--", label="teacher")
+        ax.set_xscale("log")
+        ax.set_xlabel("wall-clock speed-up over the teacher (measured in this run)")
+        ax.set_ylabel(f"{m.replace('_', ' ')} ({out['settings']['hi_images']} images)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.set_title(f"{goal}: every re-scored plan", fontsize=9)
+        fig.tight_layout()
+        name = f"{goal}_vs_speedup.png"
+        fig.savefig(figures / name)
+        plt.close(fig)
+        names.append(name)
+    return names
+
+
+def render(out: dict, figures: Path, report: Path) -> str:
+    s, t = out["settings"], out["tables"]
+    rel = os.path.relpath(figures, report.parent)
+    q, f = GROUND_TRUTH["quality"], GROUND_TRUTH["fidelity"]
+    g = lambda v, p=4: "—" if v is None else (f"{v:.{p}g}" if isinstance(v, float) else str(v))  # noqa: E731
+    lines = [f"## Does flexnas win on images? (`{s['problem']}`, T={out['T']})", "",
+             f"Command: `python -m benchmarks.run` · machine: {out['machine']} · total {out['total_s'] / 60:.1f} min "
+             f"(stages: {', '.join(f'{k} {v / 60:.1f}' for k, v in out['timings'].items())} min). One evaluation "
+             f"store: baselines screened on {s['screen_images']} images, the fast region (MACs ratio <= "
+             f"{s['fast_region']}) on {s['mid_images']}, each family's non-dominated plans and the search fronts "
+             f"re-scored on {s['hi_images']}. Wall-clock: {s['wall_images']} images, median of {s['wall_repeats']}, "
+             "against the teacher in the same process.", "",
+             f"Teacher (DDIM-{out['T']}): FID to real {out['teacher'][q]:.4g} on {s['hi_images']} images.", "",
+             "### Fastest plan of each family within +1%, +5%, +10% of the teacher's FID to real", "",
+             "| level | FID bound | " + " | ".join(t["families"]) + " |",
+             "|---|---|" + "---|" * len(t["families"])]
+    for row in t["quality"]:
+        cells = []
+        for fam in t["families"]:
+            r = row[fam]
+            cells.append("—" if r is None else f"{r['name'][:28]}: {r['wall_speedup']:.2f}x wall, "
+                                               f"{1 / r['macs_ratio']:.2f}x MACs, FID {r[q]:.3g}")
+        lines.append(f"| +{row['level']:.0%} | {row['bound']:.3g} | " + " | ".join(cells) + " |")
+    lines += [""] + [f"![{n}]({rel}/{n})" for n in figures_of(out, figures)]
+    lines += ["", "### Targets", "", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {x['target']} | {x['measured']} | {'yes' if x['met'] else 'no'} |" for x in out["targets"]]
+    lines += ["", f"### Fidelity: each baseline against the searched plans (paired distance to the teacher)", "",
+              "| baseline | images | paired | wall speed-up | searched plan at least as fast with lower paired |",
+              "|---|---|---|---|---|"]
+    for r in t["fidelity"]:
+        bb = r["beaten_by"]
+        lines.append(f"| {r['name']} | {r['images']} | {r[f]:.4g} | {r['wall_speedup']:.2f}x | "
+                     + ("none" if bb is None else f"{bb['name']}: {bb[f]:.4g} at {bb['wall_speedup']:.2f}x") + " |")
+    lines += ["", "### Hypervolume in (ground truth, MACs ratio), fast region", "",
+              "| goal | reference point | baselines | flexnas (all searches) | per search family |", "|---|---|---|---|---|"]
+    for goal, h in t["hv"].items():
+        per = ", ".join(f"{k} {v:.4g}" for k, v in h["per_family"].items())
+        lines.append(f"| {goal} | ({h['reference'][0]:.4g}, {h['reference'][1]}) | {h['baselines']:.4g} | "
+                     f"{h['flexnas']:.4g} | {per} |")
+    lines += ["", "### Searches (equal evaluation budgets)", "",
+              "| run | measure | evaluated | search time | denoiser calls made / naive | front (feasible) |",
+              "|---|---|---|---|---|---|"]
+    for r in out["runs"]:
+        lines.append(f"| {r['name']} | {r['measure']}@{r['images']} | {r['evaluated']} | {r['search_s'] / 60:.1f} min | "
+                     f"{r['calls_made']} / {r['calls_naive']} | {len(r['feasible_front'])} |")
+    lines += ["", f"### Objective study ({out['study']['plans']} plans: {', '.join(out['study']['families'])})", "",
+              "Each measure on the first 64 / 256 images of each plan, against each goal's ground truth on "
+              f"{s['hi_images']} images; time relative to the ground truth's.", "",
+              "| goal (truth) | measure | images | Kendall tau | Spearman rho | time |", "|---|---|---|---|---|---|"]
+    for r in sorted(out["study"]["rows"], key=lambda r: (r["goal"], -r["tau"] if math.isfinite(r["tau"]) else 9)):
+        lines.append(f"| {r['goal']} ({r['truth']}) | {r['measure']} | {r['images']} | {g(r['tau'], 3)} | "
+                     f"{g(r['rho'], 3)} | {r['time_ratio']:.1%} |")
+    lines += ["", "Chosen for the searches (from the baselines-only study, before any search ran): "
+              + ", ".join(f"{goal}: {m['measure']} on {m['images']} images (tau {m['tau']:.3f})"
+                          for goal, m in out["measures"].items()) + "."]
+    lines += ["", "### Every re-scored plan", "",
+              f"| plan | family | MACs speed-up | wall speed-up | {q} | {f} | rfid | strip |", "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(out["hi"], key=lambda r: r["macs_ratio"]):
+        strip = r["strip"]
+        lines.append(f"| {r['name'][:30]} | {r['family']} | {1 / r['macs_ratio']:.2f}x | {g(r.get('wall_speedup'), 3)}x | "
+                     f"{r[q]:.4g} | {r[f]:.4g} | {r['rfid']:.4g} | `{strip[:48]}{'…' if len(strip) > 48 else ''}` |")
+    return "\n".join(lines)

@@ -1,0 +1,114 @@
+"""The evaluation store: features of every plan's images, batch by batch, on disk (docs/DESIGN.md, section 5).
+
+Images are generated batch by batch, batch ``b`` from the seed ``seed + b``, so the
+first ``m`` images of an ``n``-image evaluation are the ``m``-image evaluation. The
+store keeps each batch's features (plus the seconds and denoiser calls it cost) in one
+file per batch, written atomically; asking for more images of a plan samples only the
+batches it lacks. A search screens on 64 images and re-scores on 2,000 from the same
+store; the benchmark's every section reads one store. A damaged batch file is a miss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from flexnas.engine import StepCounter
+from flexnas.objectives import to_uint8_rgb
+from flexnas.plan import Plan
+from flexnas.problem import LoadedProblem, PrefixStore
+
+
+def plan_key(plan: Plan) -> str:
+    """What a plan's images depend on: its step sequence (two segmentations of one sequence share images)."""
+    desc = json.dumps([plan.scheduler, plan.T, plan.null_mode, plan.strip()])
+    return hashlib.sha256(desc.encode()).hexdigest()[:20]
+
+
+class FeatureStore:
+    """Per-plan feature arrays of the problem's fixed-noise images (``root`` None: in memory only)."""
+
+    def __init__(self, loaded: LoadedProblem, extractor: str, extractor_kw: dict[str, Any], namespace: str,
+                 root: str | Path | None = None, prefixes: PrefixStore | None = None):
+        from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+        from torch_fidelity.utils import create_feature_extractor
+
+        self.loaded, self.prefixes = loaded, prefixes
+        layer = FEATURE_EXTRACTORS_REGISTRY[extractor].get_default_feature_layer_for_metric("fid")
+        kw = {k: v for k, v in extractor_kw.items() if k != "feature_extractor"}
+        self.extractor = create_feature_extractor(extractor, [layer], cuda=loaded.device.type == "cuda", verbose=False,
+                                                  **kw)
+        self.extractor.eval()
+        self.root = Path(root) / namespace if root is not None else None
+        self._memory: dict[tuple[str, int, int], dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------ batches
+    def _path(self, key: str, start: int, stop: int) -> Path | None:
+        return None if self.root is None else self.root / key / f"{start:07d}-{stop:07d}.npz"
+
+    def _load(self, key: str, start: int, stop: int) -> dict[str, Any] | None:
+        item = self._memory.get((key, start, stop))
+        path = self._path(key, start, stop)
+        if item is None and path is not None and path.is_file():
+            try:
+                with np.load(path) as d:
+                    item = {k: d[k] for k in ("features", "sample_s", "feature_s", "calls")}
+                self._memory[(key, start, stop)] = item
+            except (OSError, ValueError, KeyError, EOFError):
+                item = None  # damaged: sampled again
+        return item
+
+    def _save(self, key: str, start: int, stop: int, item: dict[str, Any]) -> None:
+        self._memory[(key, start, stop)] = item
+        path = self._path(key, start, stop)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+            np.savez(tmp, **item)
+            os.replace(tmp, path)
+
+    @torch.no_grad()
+    def _compute(self, plan: Plan, start: int, stop: int) -> dict[str, Any]:
+        counter = StepCounter()
+        t0 = time.perf_counter()
+        latents = self.loaded.latents(plan, n=stop, start=start, counter=counter, prefixes=self.prefixes)
+        images = self.loaded.decode(latents)
+        t1 = time.perf_counter()
+        x = to_uint8_rgb(torch.nan_to_num(images)).to(self.loaded.device)
+        feats = self.extractor(x)[0].double().cpu().numpy()
+        if not torch.isfinite(images).all():
+            feats[:] = np.nan  # a diverged sampler: every measure of this plan is inf
+        return {"features": feats, "sample_s": np.float64(t1 - t0), "feature_s": np.float64(time.perf_counter() - t1),
+                "calls": np.int64(counter.calls)}
+
+    def batches(self, plan: Plan, n: int) -> list[dict[str, Any]]:
+        """The stored batches covering images ``0..n`` of ``plan`` (sampling the missing ones)."""
+        key, out = plan_key(plan), []
+        for start, stop in self.loaded.batches(n):
+            item = self._load(key, start, stop)
+            if item is None:
+                item = self._compute(plan, start, stop)
+                self._save(key, start, stop, item)
+            out.append(item)
+        return out
+
+    def has(self, plan: Plan, n: int) -> bool:
+        key = plan_key(plan)
+        return all(self._load(key, a, b) is not None for a, b in self.loaded.batches(n))
+
+    def features(self, plan: Plan, n: int) -> np.ndarray:
+        """Features ``[n, d]`` of the first ``n`` images of ``plan`` (NaN rows where sampling diverged)."""
+        return np.concatenate([b["features"] for b in self.batches(plan, n)])
+
+    def cost(self, plan: Plan, n: int) -> dict[str, float]:
+        """Seconds and denoiser calls the first ``n`` images of ``plan`` took when they were sampled."""
+        bs = self.batches(plan, n)
+        return {"sample_s": float(sum(b["sample_s"] for b in bs)), "feature_s": float(sum(b["feature_s"] for b in bs)),
+                "calls": int(sum(b["calls"] for b in bs))}
