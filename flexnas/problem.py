@@ -20,7 +20,7 @@ import torch
 from flexnas.engine import PlanController, StepCounter, is_ddim
 from flexnas.errors import FlexnasError
 from flexnas.partial import list_branches
-from flexnas.plan import Plan
+from flexnas.plan import Plan, StepKind
 from flexnas.sampler import Conditioning, initial_noise, sample, to_images
 
 ENTRY_POINT_GROUP = "flexnas.problems"
@@ -216,8 +216,8 @@ class LoadedProblem:
         ``start`` must be a batch boundary: batch ``b`` always draws from seed ``seed + b``. A plan's
         own ``T`` is its base schedule (a stock ``num_inference_steps=k`` run is ``Plan.teacher(.., k)``).
 
-        With a ``prefixes`` store (stateless schedulers such as DDIM), a plan whose leading
-        segments equal an earlier plan's starts from the latents stored at that boundary.
+        With a ``prefixes`` store (stateless schedulers such as DDIM), a plan whose steps up to one of
+        its FULL steps equal an earlier plan's starts from the latents stored there.
         """
         p = self.problem
         n = p.num_images if n is None else n
@@ -227,7 +227,7 @@ class LoadedProblem:
         plan = plan or p.teacher_plan()
         if prefixes is not None and not is_ddim(self.scheduler):
             prefixes = None  # a multistep scheduler's state is more than the latents
-        out = []
+        out, full = [], [s.kind is StepKind.FULL for s in plan.steps]
         with PlanController(self.unet, self.scheduler, plan) as ctl:
             if start % p.batch_size:
                 raise FlexnasError(f"start {start} is not a multiple of the batch size {p.batch_size}")
@@ -244,8 +244,8 @@ class LoadedProblem:
                         g.set_state(g_state)
 
                 def on_step(i: int, x: torch.Tensor, g: torch.Generator = g, batch_key: tuple = batch_key) -> None:
-                    if prefixes is not None and i % plan.L == 0 and i > start_step:
-                        prefixes.put(plan, i // plan.L, batch_key, x, g.get_state())
+                    if prefixes is not None and i > start_step and full[i]:
+                        prefixes.put(plan, i, batch_key, x, g.get_state())
 
                 out.append(sample(self.unet, self.scheduler, plan.T, plan=plan, noise=noise, generator=g,
                                   cond=self.conditioning(first, stop), eta=p.eta, counter=counter, controller=ctl,
@@ -267,11 +267,12 @@ class LoadedProblem:
 
 
 class PrefixStore:
-    """Latents at segment boundaries, keyed by the plan's leading segments (LRU, bounded in bytes).
+    """Latents before FULL steps, keyed by the steps that led there (LRU, bounded in bytes).
 
-    Candidates sharing their first ``s`` segments share the sampler state at the start of
-    segment ``s``: the FULL step that opens it refills the feature cache, so only the
-    latents (and the generator state, for stochastic samplers) need storing.
+    Candidates whose step sequences agree up to a FULL step share the sampler state there:
+    the FULL step refills the feature cache, so only the latents (and the generator state,
+    for stochastic samplers) need storing. Keys are step sequences, not segments, so plans
+    of different N (or with skipped segments) share too.
     """
 
     def __init__(self, max_bytes: int = 512 * 2**20):
@@ -281,11 +282,11 @@ class PrefixStore:
         self.steps_saved = 0  # base steps not re-run thanks to a hit
 
     @staticmethod
-    def _key(plan: Plan, s: int, batch_key: tuple) -> tuple:
-        return (plan.scheduler, plan.T, plan.N, plan.null_mode, plan.segments[:s], batch_key)
+    def _key(plan: Plan, i: int, batch_key: tuple) -> tuple:
+        return (plan.scheduler, plan.T, plan.null_mode, plan.steps[:i], batch_key)
 
-    def put(self, plan: Plan, s: int, batch_key: tuple, x: torch.Tensor, g_state: torch.Tensor) -> None:
-        key = self._key(plan, s, batch_key)
+    def put(self, plan: Plan, i: int, batch_key: tuple, x: torch.Tensor, g_state: torch.Tensor) -> None:
+        key = self._key(plan, i, batch_key)
         if key in self._items:
             self._items.move_to_end(key)
             return
@@ -293,18 +294,22 @@ class PrefixStore:
         self._items[key] = (x, g_state)
         self.bytes += x.numel() * x.element_size()
         while self.bytes > self.max_bytes and self._items:
-            old, _ = self._items.popitem(last=False)
+            _, (old, _) = self._items.popitem(last=False)
             self.bytes -= old.numel() * old.element_size()
 
     def longest(self, plan: Plan, batch_key: tuple) -> tuple[int, torch.Tensor, torch.Tensor] | None:
-        """(base step, latents, generator state) at the deepest stored boundary of ``plan``."""
-        for s in range(plan.N - 1, 0, -1):
-            item = self._items.get(self._key(plan, s, batch_key))
+        """(base step, latents, generator state) at the latest stored FULL step of ``plan``."""
+        steps = plan.steps
+        for i in range(len(steps) - 1, 0, -1):
+            if steps[i].kind is not StepKind.FULL:
+                continue
+            key = self._key(plan, i, batch_key)
+            item = self._items.get(key)
             if item is not None:
-                self._items.move_to_end(self._key(plan, s, batch_key))
+                self._items.move_to_end(key)
                 self.hits += 1
-                self.steps_saved += s * plan.L
-                return s * plan.L, item[0].clone(), item[1]
+                self.steps_saved += i
+                return i, item[0].clone(), item[1]
         return None
 
 

@@ -1,4 +1,4 @@
-"""What a search leaves in its run folder (DESIGN.md, section 8)."""
+"""What a search leaves in its run folder (docs/DESIGN.md, section 8)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def front_records(res, problem) -> list[dict]:
         if k not in keys:
             keys.append(k)
     obj = problem.config.objective
-    return sorted((problem.cache.records[k] for k in keys), key=lambda r: (r["macs_ratio"], r.get(obj, np.inf)))
+    return sorted(problem.records(keys), key=lambda r: (r["macs_ratio"], r.get(obj, np.inf)))
 
 
 def nondominated(records: list[dict], measure: str) -> list[dict]:

@@ -232,9 +232,9 @@ class FlexProblem(PymooProblem):
             state.pop(k, None)
         return state
 
-    def _evaluate(self, X, out, *args, **kwargs):
-        X = np.asarray(X, dtype=int)
-        keys = [genome_key(self.space.canonical(x)) for x in X]
+    def records(self, keys: list[str]) -> list[dict[str, Any]]:
+        """The evaluation records of canonical genome keys, evaluating the unknown ones (also those lost
+        with a damaged or deleted ``evaluations.jsonl``: the feature store makes that cheap)."""
         todo = sorted({k for k in keys if k not in self.cache.records})
         genomes = [np.array([int(v) for v in k.split(",")]) for k in todo]
         results = self.runner(self.task, genomes) if self.runner is not None and genomes else \
@@ -243,7 +243,12 @@ class FlexProblem(PymooProblem):
             plan = self.space.decode(g)
             self.cache.add({"key": key, "generation": self.generation, "genome": [int(v) for v in g],
                             "plan": plan.to_dict(), "strip": plan.strip(), **r})
-        recs = [self.cache.records[k] for k in keys]
+        return [self.cache.records[k] for k in keys]
+
+    def _evaluate(self, X, out, *args, **kwargs):
+        X = np.asarray(X, dtype=int)
+        keys = [genome_key(self.space.canonical(x)) for x in X]
+        recs = self.records(keys)
         self.requested_total += len(keys)
         self.naive_total += sum(r["naive_calls"] for r in recs)
         obj = np.array([r.get(self.config.objective, math.inf) for r in recs], dtype=float)

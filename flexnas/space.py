@@ -1,4 +1,4 @@
-"""The segment-wise search space and its integer genome (DESIGN.md, section 3).
+"""The segment-wise search space and its integer genome (docs/DESIGN.md, section 3).
 
 Genome = ``[n_index, b_1..b_Smax, k_1..k_Smax]``: ``n_index`` picks N among the admissible
 segment counts, ``b_s`` indexes the candidate branches and ``k_s`` is segment ``s``'s
@@ -160,7 +160,7 @@ class SearchSpace:
 
     # ------------------------------------------------------------------ size
     def size_segment_wise(self) -> int:
-        """sum over N of (B * L)^N: genomes of the segment-wise space (DESIGN.md)."""
+        """sum over N of (B * L)^N: genomes of the segment-wise space (docs/DESIGN.md, section 3)."""
         B = len(self.branches)
         return sum((B * (self.T // n)) ** n for n in self.Ns)
 

@@ -229,6 +229,22 @@ def test_resume_of_a_finished_run_adds_no_generation(nsga_run, tmp_path):
     assert snapshot(nsga_run) == before  # the folder it was copied from is left alone
 
 
+@pytest.mark.parametrize("damage", ["delete", "cut"])
+def test_resume_rebuilds_lost_evaluation_records(nsga_run, tmp_path, damage):
+    """evaluations.jsonl deleted, or cut in the middle of a line: --resume evaluates the lost records
+    again (from the feature store) and writes the same front."""
+    run = tmp_path / "damaged"
+    shutil.copytree(nsga_run, run)
+    ev = run / "evaluations.jsonl"
+    if damage == "delete":
+        ev.unlink()
+    else:
+        text = ev.read_text()
+        ev.write_text(text[: len(text) // 2])
+    assert cli(search_argv(run, "--resume")) == 0
+    assert front_of(run) == front_of(nsga_run)
+
+
 def test_resume_cannot_shrink_gens(nsga_run, tmp_path, capsys):
     run = tmp_path / "done"
     shutil.copytree(nsga_run, run)
