@@ -21,7 +21,8 @@ import torch  # noqa: E402
 
 from benchmarks.common import REPORT, RESULTS, machine, save_json, write_section  # noqa: E402
 from flexnas.errors import report_errors  # noqa: E402
-from flexnas.objectives import ImageDataset, fidelity_fid  # noqa: E402
+from flexnas.measures import fid, statistics  # noqa: E402
+from flexnas.objectives import to_uint8_rgb  # noqa: E402
 from flexnas.problem import get_problem  # noqa: E402
 from flexnas.report import save_grid  # noqa: E402
 
@@ -42,8 +43,12 @@ def run(samples: int, hist_samples: int, report: Path, results: Path, grid: Path
     test_images, test_labels = load_split("test")
     real = torch.from_numpy(test_images[:samples]).float().div(255).unsqueeze(1)
     t0 = time.time()
-    fid = fidelity_fid(ImageDataset(samples, lambda: images), ImageDataset(samples, lambda: real),
-                       results / "fidelity_cache", {"feature_extractor": NAME})
+    from torch_fidelity.utils import create_feature_extractor
+
+    extractor = create_feature_extractor(NAME, ["features"], cuda=False, verbose=False).eval()
+    with torch.no_grad():
+        f_gen, f_real = (extractor(to_uint8_rgb(x))[0].double().numpy() for x in (images, real))
+    fid_value = fid(statistics(f_gen), statistics(f_real))
     fid_s = time.time() - t0
     clf = load_classifier()
     with torch.no_grad():
@@ -52,7 +57,7 @@ def run(samples: int, hist_samples: int, report: Path, results: Path, grid: Path
     acc = accuracy(clf, test_images, test_labels)
     if grid is not None:
         save_grid(images[:64], grid, nrow=8)
-    res = {"samples": samples, "fid_to_test": fid, "hist_samples": hist_samples,
+    res = {"samples": samples, "fid_to_test": fid_value, "hist_samples": hist_samples,
            "class_histogram": dict(zip(CLASSES, hist.round(4).tolist())),
            "all_classes_present": bool((hist > 0).all()), "max_class_share": float(hist.max()),
            "classifier_test_accuracy": acc, "sampling_s": sample_s, "fid_s": fid_s, "machine": machine()}
@@ -66,7 +71,7 @@ Command: `python -m benchmarks.teacher_quality` · machine: {res['machine']}
 
 | measure | value |
 |---|---|
-| FID to real (classifier features, {samples} samples vs {samples} test images) | {fid:.3f} |
+| FID to real (classifier features, {samples} samples vs {samples} test images) | {fid_value:.3f} |
 | classifier accuracy on the 10,000 test images | {acc:.2%} |
 | sampling time for {samples} images | {sample_s:.0f} s |
 

@@ -1,10 +1,10 @@
-"""The search objectives: rFID and FID to real images (torch-fidelity), MACs (fvcore), wall-clock.
+"""Scoring one plan: rFID and FID to real images (flexnas.measures on stored features), MACs, wall-clock.
 
-rFID is the Fréchet distance between the features of a candidate's images and the
-teacher's images generated from the same initial noise. The teacher's statistics are
-computed once and cached on disk by torch-fidelity under a name that hashes everything
-they depend on (model identity, scheduler, T, eta, seeds, image count, batch size,
-conditioning, extractor), so a second evaluation never resamples the teacher.
+rFID compares the features of a candidate's images with the teacher's from the same initial
+noise. The teacher's features live in the feature store (``flexnas.store``) under a name
+that hashes everything they depend on (model identity, scheduler, T, eta, seeds, batch
+size, conditioning, extractor), so a second evaluation never resamples the teacher; FID
+comes from torch-fidelity's public statistics functions.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import statistics
 import time
 import warnings
@@ -21,49 +20,19 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from flexnas.errors import FlexnasError
-from flexnas.features import FEATURE_EXTRACTORS_REGISTRY, extractor_fingerprint, resolve_extractor
+from flexnas.features import extractor_fingerprint, resolve_extractor
 from flexnas.macs import MacCounter, cache_dir
 from flexnas.plan import Plan
 from flexnas.problem import LoadedProblem, Problem
 
-FID_KEY = "frechet_inception_distance"
 
 
 def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
     """Images in [0, 1] ``[N, C, H, W]`` to uint8 ``[N, 3, H, W]`` (grayscale repeated)."""
     x = (images.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
     return x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x[:, :3]
-
-
-class ImageDataset(Dataset):
-    """uint8 images for torch-fidelity; built lazily so a cache hit never generates them."""
-
-    def __init__(self, n: int, make: Callable[[], torch.Tensor]):
-        self.n, self._make, self._images = n, make, None
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        if self._images is None:
-            self._images = to_uint8_rgb(self._make())
-        return self._images[i]
-
-
-def fidelity_fid(input1: Dataset, input2: Dataset, cache_root: Path, extractor_kw: dict[str, Any],
-                 **cache_names: str) -> float:
-    """One ``torch_fidelity.calculate_metrics`` FID call (``input{1,2}_cache_name`` cache statistics)."""
-    import torch_fidelity
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = torch_fidelity.calculate_metrics(
-            input1=input1, input2=input2, fid=True, cuda=torch.cuda.is_available(), verbose=False,
-            save_cpu_ram=True, cache_root=str(cache_root), batch_size=128, **cache_names, **extractor_kw)
-    return float(out[FID_KEY])
 
 
 def measure_wall(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float:
@@ -94,7 +63,8 @@ class Evaluator:
             raise FlexnasError(f"rFID needs at least 2 images, got {self.n}")
         self.extractor = extractor or p.feature_extractor
         self.extractor_kw = resolve_extractor(self.extractor, extractor_weights or p.feature_extractor_weights)
-        self.cache_root = Path(cache_root) if cache_root else cache_dir() / "fidelity"
+        self.cache_root = Path(cache_root) if cache_root else cache_dir() / "features"
+        self._store: Any = None
         self.macs = MacCounter.for_problem(self.loaded)
         self._teacher_wall: dict[int, float] = {}
         self.clip = None
@@ -130,43 +100,52 @@ class Evaluator:
             text += json.dumps(extra, sort_keys=True)
         return f"{p.name}-{hashlib.sha256(text.encode()).hexdigest()[:20]}"
 
-    def teacher_key(self) -> str:
-        """Cache name of the teacher's statistics: everything they depend on, hashed."""
-        return f"flexnas-teacher-{self.identity(self.n)}"
-
     def store(self, root: str | Path | None = "default", prefixes: Any = None) -> "FeatureStore":
-        """A feature store of this problem and extractor (default root: ``$FLEXNAS_CACHE/features``)."""
+        """A feature store of this problem and extractor (default root: ``cache_root``,
+        ``$FLEXNAS_CACHE/features``; None keeps features in memory only)."""
         from flexnas.store import FeatureStore
 
-        root = cache_dir() / "features" if root == "default" else root
+        root = self.cache_root if root == "default" else root
         return FeatureStore(self.loaded, self.extractor, self.extractor_kw, self.identity(), root, prefixes)
 
+    @property
+    def features(self) -> "FeatureStore":
+        """This evaluator's own store (created on first use)."""
+        if self._store is None:
+            self._store = self.store()
+        return self._store
+
     def reference(self) -> "Reference | None":
-        """The problem's real-image statistics in this extractor's space (None without them)."""
+        """The problem's real-image statistics in this extractor's space (None without them), read once."""
         from flexnas.measures import Reference
 
-        src = self.loaded.problem.real_statistics
-        return Reference.load(src, self.extractor) if src is not None and Path(src).is_file() else None
-
-    def teacher_dataset(self) -> ImageDataset:
-        return ImageDataset(self.n, lambda: self.loaded.images(None, n=self.n))
+        if not hasattr(self, "_reference"):
+            src = self.loaded.problem.real_statistics
+            self._reference = Reference.load(src, self.extractor) if src is not None and Path(src).is_file() else None
+        return self._reference
 
     def ensure_teacher(self) -> None:
-        """Compute and cache the teacher's statistics now (no-op when cached)."""
-        key = self.teacher_key()
-        if not list(self.cache_root.glob(f"{key}-*.pt")):
-            ds = self.teacher_dataset()
-            fidelity_fid(ds, ds, self.cache_root, self.extractor_kw, input1_cache_name=key, input2_cache_name=key)
+        """Sample and store the teacher's features now (no-op when stored)."""
+        self.features.features(self.loaded.problem.teacher_plan(), self.n)
 
     # ------------------------------------------------------------------ metrics
+    def _score(self, name: str, latents: torch.Tensor) -> float:
+        """Measure ``name`` of a candidate's first images, against the teacher's first images or real ones."""
+        from flexnas.measures import score
+
+        with torch.no_grad():
+            x = to_uint8_rgb(torch.nan_to_num(self.loaded.decode(latents))).to(self.loaded.device)
+            feats = self.features.extractor(x)[0].double().cpu().numpy()
+        if not torch.isfinite(latents).all():
+            feats[:] = np.nan
+        teacher = self.features.features(self.loaded.problem.teacher_plan(), len(latents)) if name == "rfid" else None
+        return score([name], feats, teacher, self.reference())[name]
+
     def rfid_of_latents(self, latents: torch.Tensor) -> float:
         """rFID of a candidate's final latents (``inf`` with a warning if any value is NaN/inf)."""
         if not torch.isfinite(latents).all():
             warnings.warn("candidate images contain NaN or inf (the sampler diverged): rfid = inf", RuntimeWarning)
-            return math.inf
-        images = self.loaded.decode(latents)
-        return max(0.0, fidelity_fid(ImageDataset(len(images), lambda: images), self.teacher_dataset(),
-                                     self.cache_root, self.extractor_kw, input2_cache_name=self.teacher_key()))
+        return self._score("rfid", latents)
 
     def check_plan(self, plan: Plan) -> Plan:
         """Refuse a plan for another base schedule than the problem's (its teacher would not be comparable)."""
@@ -179,39 +158,9 @@ class Evaluator:
     def rfid(self, plan: Plan) -> float:
         return self.rfid_of_latents(self.loaded.latents(self.check_plan(plan), n=self.n))
 
-    def real_cache_name(self) -> str | None:
-        """torch-fidelity cache name of the problem's real-image statistics, installed on first use."""
-        src = self.loaded.problem.real_statistics
-        if src is None or not Path(src).is_file():
-            return None
-        name = f"flexnas-real-{Path(src).stem}-{hashlib.sha256(Path(src).read_bytes()).hexdigest()[:12]}"
-        layer = FEATURE_EXTRACTORS_REGISTRY[self.extractor].get_default_feature_layer_for_metric("fid")
-        dst = self.cache_root / f"{name}-{self.extractor}-stat-fid-{layer}.pt"  # torch-fidelity's cache naming
-        if not dst.is_file():
-            try:
-                d = np.load(src)
-                extractor, mu, sigma = str(d["extractor"]) if "extractor" in d else None, d["mu"], d["sigma"]
-            except (OSError, ValueError, KeyError) as e:
-                raise FlexnasError(f"real-image statistics {src} are unreadable ({type(e).__name__}): they need "
-                                   "arrays mu, sigma and extractor") from None
-            if extractor is not None and extractor != self.extractor:
-                return None  # statistics of another feature space
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")  # workers may install it at the same time
-            torch.save({"mu": mu, "sigma": sigma}, tmp)
-            os.replace(tmp, dst)
-        return name
-
     def fid_to_real_of_latents(self, latents: torch.Tensor) -> float | None:
         """FID of the images against the problem's real-image statistics (None when it has none)."""
-        name = self.real_cache_name()
-        if name is None:
-            return None
-        if not torch.isfinite(latents).all():
-            return math.inf
-        images = self.loaded.decode(latents)
-        return max(0.0, fidelity_fid(ImageDataset(len(images), lambda: images), ImageDataset(0, lambda: images),
-                                     self.cache_root, self.extractor_kw, input2_cache_name=name))
+        return None if self.reference() is None else self._score("fid_to_real", latents)
 
     def clip_score_of_latents(self, latents: torch.Tensor) -> float:
         """CLIP score (100 x cosine, floored at 0, mean over images) of the images against their prompts."""

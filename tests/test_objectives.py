@@ -22,7 +22,8 @@ import torch
 from flexnas.errors import FlexnasError
 from flexnas.features import INCEPTION, INCEPTION_FILE, inception_weights, resolve_extractor
 from flexnas.macs import MacCounter, _Forward, count_macs, count_unet, sdpa_flop_jit
-from flexnas.objectives import (Evaluator, ImageDataset, fidelity_fid, to_uint8_rgb)
+from flexnas.measures import fid as frechet, statistics
+from flexnas.objectives import Evaluator, to_uint8_rgb
 from flexnas.partial import PartialUNet
 from flexnas.plan import Plan, StepKind
 
@@ -136,15 +137,15 @@ def _conv_calls(unet: torch.nn.Module) -> tuple[dict, torch.utils.hooks.Removabl
 
 # ----------------------------------------------------------------------------- 1. Fréchet distance
 @pytest.mark.parametrize("pair", ["teacher-vs-null", "real-vs-teacher"])
-def test_fidelity_fid_matches_scipy(pair, images, feature_extractor, tmp_path):
+def test_fid_of_image_features_matches_scipy(pair, images, feature_extractor, tmp_path):
     if pair == "teacher-vs-null":
         a, b = images["teacher"], images["null"]
     else:
         a, b = _real_images(N_IMAGES), images["teacher"]
     assert not torch.equal(to_uint8_rgb(a), to_uint8_rgb(b))
-    expected = _scipy_fid(_features(feature_extractor, a), _features(feature_extractor, b))
-    got = fidelity_fid(ImageDataset(len(a), lambda: a), ImageDataset(len(b), lambda: b), tmp_path,
-                       resolve_extractor(EXTRACTOR))
+    fa, fb = _features(feature_extractor, a), _features(feature_extractor, b)
+    expected = _scipy_fid(fa, fb)
+    got = frechet(statistics(fa), statistics(fb))
     assert expected > 0.1
     assert got == pytest.approx(expected, rel=1e-4)
 
@@ -157,14 +158,13 @@ def test_to_uint8_rgb_repeats_grayscale_and_rounds():
     assert torch.equal(u[:, 0], u[:, 1]) and torch.equal(u[:, 0], u[:, 2])
 
 
-def test_cached_teacher_statistics_are_the_teacher_features(evaluator, images, feature_extractor):
-    """The statistics torch-fidelity caches under teacher_key() are those of the teacher's features."""
+def test_stored_teacher_features_are_the_teacher_images_features(evaluator, images, feature_extractor):
+    """The features the store keeps for the teacher are the extractor's features of the teacher's images."""
     evaluator.ensure_teacher()
-    (stat_file,) = evaluator.cache_root.glob(f"{evaluator.teacher_key()}-*-stat-fid-features.pt")
-    stat = torch.load(stat_file, map_location="cpu", weights_only=False)
-    f = _features(feature_extractor, images["teacher"])
-    np.testing.assert_allclose(stat["mu"], f.mean(0), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(stat["sigma"], np.cov(f, rowvar=False), rtol=1e-4, atol=1e-5)
+    teacher = evaluator.loaded.problem.teacher_plan()
+    assert evaluator.store().has(teacher, N_IMAGES)  # on disk: a new store (a new process) finds them
+    stored = evaluator.features.features(teacher, N_IMAGES)
+    np.testing.assert_allclose(stored, _features(feature_extractor, images["teacher"]), rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- 2. rFID
@@ -186,8 +186,6 @@ def test_fid_to_real_matches_scipy_against_shipped_statistics(evaluator, loaded,
     latents = loaded.latents(Plan.step_reduction(SCHED, T, 5), n=N_IMAGES)
     fid = evaluator.fid_to_real_of_latents(latents)
     assert fid is not None and math.isfinite(fid) and fid > 0
-    name = evaluator.real_cache_name()
-    assert list(evaluator.cache_root.glob(f"{name}-{EXTRACTOR}-stat-fid-features.pt"))
     real = np.load(loaded.problem.real_statistics)
     assert real["extractor"].item() == EXTRACTOR
     f = _features(feature_extractor, loaded.images(Plan.step_reduction(SCHED, T, 5), n=N_IMAGES))
@@ -211,16 +209,16 @@ def test_teacher_cache_hit_on_second_evaluator(loaded, tmp_path, monkeypatch):
     monkeypatch.setenv("FLEXNAS_CACHE", str(tmp_path))  # a cold cache of its own
     plan = Plan.step_reduction(SCHED, T, 5)
     first = Evaluator(loaded)
-    assert first.cache_root == tmp_path / "fidelity"
+    assert first.cache_root == tmp_path / "features"
     calls, handle = _conv_calls(loaded.unet)
     try:
         r1 = first.rfid(plan)
         assert calls["n"] == T + 5  # the teacher (T FULL steps, one batch) + the candidate's 5
         second = Evaluator(loaded)  # fresh object, same settings
-        assert second.teacher_key() == first.teacher_key()
+        assert second.identity() == first.identity()
         calls["n"] = 0
         r2 = second.rfid(plan)
-        assert calls["n"] == 5  # the candidate only: the teacher's statistics came from the cache
+        assert calls["n"] == 5  # the candidate only: the teacher's features came from the store
         calls["n"] = 0
         second.ensure_teacher()
         assert calls["n"] == 0
@@ -229,17 +227,19 @@ def test_teacher_cache_hit_on_second_evaluator(loaded, tmp_path, monkeypatch):
     assert r2 == pytest.approx(r1, rel=1e-6, abs=1e-9)
 
 
-def test_teacher_key_depends_on_images_and_seed(loaded, evaluator):
-    key = evaluator.teacher_key()
-    assert key.startswith("flexnas-teacher-fashion-mnist-")
-    assert Evaluator(loaded).teacher_key() == key
-    assert Evaluator(loaded, images=N_IMAGES // 2).teacher_key() != key
+def test_store_identity_depends_on_seed_and_schedule_not_image_count(loaded, evaluator):
+    key = evaluator.identity()
+    assert key.startswith("fashion-mnist-")
+    assert Evaluator(loaded).identity() == key
+    # more images extend fewer (batch i always draws from seed + i): the count is not part of the identity
+    assert Evaluator(loaded, images=N_IMAGES // 2).identity() == key
+    assert evaluator.identity(N_IMAGES) != evaluator.identity(N_IMAGES // 2)
     reseeded = copy.copy(loaded)  # same weights in memory; only the problem's seed differs
     reseeded.problem = dataclasses.replace(loaded.problem, seed=loaded.problem.seed + 1)
-    assert Evaluator(reseeded).teacher_key() != key
+    assert Evaluator(reseeded).identity() != key
     longer = copy.copy(loaded)
     longer.problem = dataclasses.replace(loaded.problem, T=2 * T)
-    assert Evaluator(longer).teacher_key() != key
+    assert Evaluator(longer).identity() != key
 
 
 # ----------------------------------------------------------------------------- 4. MACs

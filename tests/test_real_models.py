@@ -272,7 +272,7 @@ def test_dtype_and_device_reach_every_component(folders):
 
     fp32 = Evaluator(get_problem(str(folders["sd"]), T=10, num_images=2, batch_size=2), extractor=EXTRACTOR)
     bf16 = Evaluator(loaded, extractor=EXTRACTOR)
-    assert fp32.teacher_key() != bf16.teacher_key()  # the teacher cache is per dtype
+    assert fp32.identity() != bf16.identity()  # the feature store (teacher included) is per dtype
     with pytest.raises(FlexnasError, match="fp16 runs on a GPU only"):
         get_problem(str(folders["ddpm"]), dtype="fp16").load()
     with pytest.raises(FlexnasError, match="unknown device"):

@@ -1,0 +1,131 @@
+"""Throughput of each step kind, eager and compiled, and how well partial plans turn MACs into wall-clock.
+
+    python -m benchmarks.throughput [--quick]
+
+Per step kind (FULL, PARTIAL at every branch) on the problem's U-Net with flexnas' hooks:
+milliseconds per image-step at the problem's batch size, eager and under ``torch.compile``
+(inductor, default mode; dynamo traces through the hooks and keeps one graph per step
+kind), with the largest difference between the two outputs. Then, for DeepCache-uniform
+plans at every branch, wall-clock speed-up over the teacher divided by MACs speed-up (the
+"realisation" of the MACs a plan saves). Records the device; runs on a GPU when one is present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from benchmarks.common import REPORT, RESULTS, machine, save_json, write_section  # noqa: E402
+from flexnas.errors import report_errors  # noqa: E402
+from flexnas.macs import MacCounter  # noqa: E402
+from flexnas.objectives import measure_wall  # noqa: E402
+from flexnas.partial import PartialUNet  # noqa: E402
+from flexnas.plan import Plan  # noqa: E402
+from flexnas.problem import get_problem  # noqa: E402
+
+
+def per_step(loaded, compiled: bool, repeats: int) -> dict[str, dict]:
+    """ms per image-step and output of every step kind (FULL first: it fills the cache PARTIAL reads)."""
+    unet, bs = loaded.unet, loaded.problem.batch_size
+    x = torch.randn(bs, *loaded.sample_shape, generator=torch.Generator().manual_seed(0)).to(loaded.device, loaded.dtype)
+    t = torch.tensor(500, device=loaded.device)
+    out = {}
+    with PartialUNet(unet) as pu, torch.no_grad():
+        fwd = torch.compile(unet.forward) if compiled else unet.forward
+        kinds = [("full", None)] + [(f"partial b{b.index}", b.index) for b in pu.branches]
+        t_compile = time.perf_counter()
+        for name, branch in kinds:  # warm-up (and compilation): one call of each kind after a FULL one
+            pu.full()
+            fwd(x, t, return_dict=False)
+            if branch is not None:
+                pu.partial(branch)
+                fwd(x, t, return_dict=False)
+        t_compile = time.perf_counter() - t_compile
+        for name, branch in kinds:
+            pu.full()
+            y = fwd(x, t, return_dict=False)[0]
+            if branch is not None:
+                pu.partial(branch)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                y = fwd(x, t, return_dict=False)[0]
+                if loaded.device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+            out[name] = {"ms_per_image_step": 1000 * statistics.median(times) / bs, "output": y.float().cpu()}
+        pu.off()
+    out["_warmup_s"] = t_compile
+    return out
+
+
+def run(quick: bool) -> dict:
+    overrides = {"T": 20, "batch_size": 8} if quick else {}
+    loaded = get_problem("fashion-mnist", **overrides).load()
+    repeats = 2 if quick else 10
+    eager = per_step(loaded, False, repeats)
+    compiled = per_step(loaded, True, repeats)
+    kinds = [k for k in eager if not k.startswith("_")]
+    rows = [{"kind": k, "eager_ms": eager[k]["ms_per_image_step"], "compiled_ms": compiled[k]["ms_per_image_step"],
+             "max_abs_diff": float((eager[k]["output"] - compiled[k]["output"]).abs().max())} for k in kinds]
+    macs = MacCounter.for_problem(loaded)
+    sch, T = loaded.problem.scheduler, loaded.problem.T
+    images = 4 if quick else 32
+    teacher = measure_wall(lambda: loaded.latents(None, n=images), repeats=1 if quick else 3)
+    interval = 5 if T % 5 == 0 else 2
+    realisation = []
+    for b in range(len(loaded.branches)):
+        plan = Plan.deepcache(sch, T, interval, b)
+        wall = measure_wall(lambda: loaded.latents(plan, n=images), repeats=1 if quick else 3)
+        realisation.append({"plan": plan.meta["name"], "macs_speedup": 1 / macs.ratio(plan),
+                            "wall_speedup": teacher / wall, "realisation": teacher / wall * macs.ratio(plan)})
+    return {"machine": machine(), "device": str(loaded.device), "batch_size": loaded.problem.batch_size,
+            "steps": rows, "compile_warmup_s": compiled["_warmup_s"], "eager_warmup_s": eager["_warmup_s"],
+            "realisation": realisation, "images": images}
+
+
+def render(out: dict) -> str:
+    lines = ["## Throughput: step kinds, eager and compiled", "",
+             f"Command: `python -m benchmarks.throughput` · machine: {out['machine']} · device {out['device']}, "
+             f"batch {out['batch_size']}. Compiled = `torch.compile(unet.forward)` (inductor) through flexnas' "
+             f"hooks; first calls (compilation of every step kind) took {out['compile_warmup_s']:.0f} s.", "",
+             "| step kind | eager ms / image-step | compiled | speed-up | max abs diff |", "|---|---|---|---|---|"]
+    lines += [f"| {r['kind']} | {r['eager_ms']:.3f} | {r['compiled_ms']:.3f} | {r['eager_ms'] / r['compiled_ms']:.2f}x | "
+              f"{r['max_abs_diff']:.1e} |" for r in out["steps"]]
+    lines += ["", f"Wall/MACs realisation of DeepCache plans (eager, {out['images']} images, teacher measured in the "
+              "same process):", "", "| plan | MACs speed-up | wall speed-up | realisation |", "|---|---|---|---|"]
+    lines += [f"| {r['plan']} | {r['macs_speedup']:.2f}x | {r['wall_speedup']:.2f}x | {r['realisation']:.2f} |"
+              for r in out["realisation"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--report", default=str(REPORT))
+    p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    def go() -> int:
+        from pathlib import Path
+
+        out = run(args.quick)
+        save_json("throughput", {k: v for k, v in out.items()}, Path(args.results))
+        write_section("throughput", render(out), Path(args.report))
+        print(render(out))
+        return 0
+
+    return report_errors(go, prog="throughput")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
