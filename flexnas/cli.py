@@ -254,7 +254,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     config = SearchConfig(problem=spec, algorithm=args.algorithm, pop=args.pop, gens=args.gens,
                           seed=args.seed, macs_budget=args.macs_budget, images=args.images, goal=args.goal,
                           objective=args.objective, skip=not args.paper_space,
-                          rescore_images=1000 if args.rescore_images is None else args.rescore_images, segments=_int_list(args.segments, "segments"),
+                          rescore_images=args.rescore_images, segments=_int_list(args.segments, "segments"),
                           branches=_int_list(args.branches, "branches"), null_mode=args.null_mode,
                           extractor=args.extractor, extractor_weights=args.inception_weights,
                           overrides=overrides).validate()
@@ -389,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--objective", choices=tuple(MEASURES), default=None,
                     help="search measure (default: the goal's, see README 'Objectives')")
     sp.add_argument("--rescore-images", type=int, default=None,
-                    help="re-score the front and the baselines on this many images (default 1000; 0: off)")
+                    help="re-score the front and the baselines on this many images (default: the problem's, "
+                         "1000 for fashion-mnist; 0: off)")
     sp.add_argument("--paper-space", action="store_true",
                     help="the paper's space: every segment runs a FULL step (no skipped segments)")
     sp.add_argument("--segments", default=None, help="admissible N, comma-separated (default: divisors of T)")

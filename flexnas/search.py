@@ -50,7 +50,7 @@ class SearchConfig:
     goal: str | None = None  # quality or fidelity (None: quality where the problem has real-image statistics)
     objective: str | None = None  # a measure of flexnas.measures (None: the goal's default)
     skip: bool = True  # segments after the first may be skipped (False: the paper's space)
-    rescore_images: int = 0  # re-score the front and the seeded baselines on this many images (0: no)
+    rescore_images: int | None = None  # re-score the front and baselines on this many images (0: no; None: the problem's)
     segments: list[int] | None = None
     branches: list[int] | None = None
     null_mode: str | None = None
@@ -65,7 +65,7 @@ class SearchConfig:
             raise FlexnasError(f"--goal must be one of {GOALS}, got {self.goal!r}")
         if self.objective is not None and self.objective not in MEASURES:
             raise FlexnasError(f"--objective must be one of {tuple(MEASURES)}, got {self.objective!r}")
-        if self.rescore_images and self.rescore_images < max(2, self.images or 0):
+        if self.rescore_images and self.rescore_images <= max(1, self.images or 0):
             raise FlexnasError(f"--rescore-images {self.rescore_images} must exceed the screening --images "
                                f"({self.images}): re-scoring is on more images")
         if self.pop < 2:
@@ -102,6 +102,8 @@ def check_runnable(evaluator: Evaluator, config: SearchConfig) -> None:
     if config.objective is None:
         config.objective = DEFAULT_MEASURE[config.goal]
     check_measure(config.objective, real)
+    if config.rescore_images is None:
+        config.rescore_images = problem.rescore_images if problem.rescore_images > evaluator.n else 0
     sch = evaluator.loaded.scheduler
     if problem.null_mode == "drop" and not (is_ddim(sch) or accepts_custom_timesteps(sch)):
         raise FlexnasError(f"{type(sch).__name__} cannot drop timesteps: pass --null-mode reuse")

@@ -56,6 +56,7 @@ def make_problem(**overrides: Any) -> Problem:
         scheduler="DDIMScheduler",
         T=100,
         num_images=64,
+        rescore_images=1000,
         batch_size=64,
         seed=0,
         feature_extractor=FEATURE_EXTRACTOR,
