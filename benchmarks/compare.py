@@ -46,13 +46,13 @@ class Settings:
     per_family: int = 3  # plans per family and goal re-scored on hi_images
     random_plans: int = 3
     pop: int = 12
-    gens: int = 5
+    gens: int = 4
     nsga2_seeds: tuple[int, ...] = (0, 1)  # quality goal; the fidelity goal runs the first seed of each
     ga_seeds: tuple[int, ...] = (0, 1)
     ga_budget: float = 0.15
     paper_space_seeds: tuple[int, ...] = (0,)
-    front_mid: int = 6  # front plans per search re-scored on mid_images
-    front_hi: int = 3  # of those, re-scored on hi_images (GA: its best)
+    front_mid: int = 5  # front plans per search re-scored on mid_images
+    front_hi: int = 2  # of those, re-scored on hi_images (GA: its best)
     wall_images: int = 16
     wall_repeats: int = 3
 

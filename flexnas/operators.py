@@ -56,22 +56,24 @@ class SegmentMutation(Mutation):
         for i, x in enumerate(X):
             n, b, k = sp.split(x)
             L = sp.T // n
-            # with L = 1 (the teacher) and no skipping no segment can change: changing N is the only mutation
-            fixed = L == 1 and not sp.skip
-            if len(sp.Ns) > 1 and (fixed or rng.random() < self.prob_change_n):
+            # a segment with one admissible interval cannot change (L = 1 without skipping): then N changes
+            low = sp.k_low(n)
+            can = np.flatnonzero(low < L)  # segments with more than one choice of interval
+            if len(sp.Ns) > 1 and (not len(can) or rng.random() < self.prob_change_n):
                 others = [m for m in sp.Ns if m != n]
                 out[i] = sp.remap(x, others[int(rng.integers(len(others)))])
                 continue
             redraw = rng.random(n) < 1.0 / n
-            forced = int(rng.integers(n))
+            forced = int(can[rng.integers(len(can))]) if len(can) else int(rng.integers(n))
             redraw[forced] = True
             b, k = b.copy(), k.copy()
             old = (b[forced] if k[forced] > 1 else 0, k[forced])
             b[redraw] = rng.integers(0, len(sp.branches), redraw.sum())
-            low = sp.k_low(n)
             k[redraw] = rng.integers(low[redraw], L + 1)
             while low[forced] < L and (b[forced] if k[forced] > 1 else 0, k[forced]) == old:  # one segment changes
                 b[forced], k[forced] = rng.integers(0, len(sp.branches)), rng.integers(low[forced], L + 1)
+            if not k.any() and n > 1:  # the change removed the last network call: move the FULL step instead
+                k[(forced + 1 + int(rng.integers(n - 1))) % n] = 1
             out[i] = sp.join(n, b, k)
         return out
 

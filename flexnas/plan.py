@@ -4,7 +4,10 @@ A plan is pure data. The base schedule of ``T`` steps is cut into ``N`` segments
 equal length ``L = T / N``; segment ``s`` is one FULL step, ``interval - 1`` PARTIAL
 steps at ``branch`` and ``L - interval`` NULL steps (docs/DESIGN.md, section 1). Beyond the paper,
 a segment after the first may have interval 0: it is skipped whole (L NULL steps), which
-lets a plan place its FULL steps anywhere on a grid of N points of the base schedule.
+lets a plan place its FULL steps anywhere on a grid of N points of the base schedule. In
+"drop" mode the first segment may be skipped too (sampling starts at the first active step,
+as a stock ``num_inference_steps=k`` run starts below the top of the schedule); in "reuse"
+mode the first step must call the network.
 """
 
 from __future__ import annotations
@@ -86,11 +89,14 @@ class Plan:
         if n == 0 or self.T % n:
             raise FlexnasError(f"N={n} segments must divide T={self.T}: admissible N are {divisors(self.T)}")
         L = self.T // n
+        if all(s.interval == 0 for s in self.segments):
+            raise FlexnasError("every segment is skipped: a plan needs at least one FULL step")
         for i, s in enumerate(self.segments):
-            low = 1 if i == 0 else 0  # the first step must call the network; later segments may be skipped
+            low = 1 if i == 0 and self.null_mode == "reuse" else 0  # reuse needs a first network output
             if not low <= s.interval <= L:
+                why = " (null mode reuse: the first step must call the network)" if s.interval == 0 else ""
                 raise FlexnasError(f"segment {i}: interval {s.interval} out of range {low}..{L} (L = T/N = "
-                                   f"{self.T}/{n})")
+                                   f"{self.T}/{n}){why}")
             if s.interval > 1 and s.branch is None:
                 raise FlexnasError(f"segment {i}: interval {s.interval} has partial steps and needs a branch")
             if s.branch is not None and s.branch < 0:

@@ -69,9 +69,11 @@ class SearchSpace:
         return self.T // min(self.Ns)
 
     def k_low(self, n: int) -> np.ndarray:
-        """Lowest interval of each of N segments: 1, or 0 after the first when segments may be skipped."""
+        """Lowest interval of each of N segments: 1, or 0 when segments may be skipped (the first
+        only in "drop" mode: "reuse" needs a first network output)."""
         low = np.full(n, 0 if self.skip else 1, dtype=int)
-        low[0] = 1
+        if self.null_mode == "reuse":
+            low[0] = 1
         return low
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -87,12 +89,15 @@ class SearchSpace:
         return n, np.asarray(x[1:1 + n], dtype=int), np.asarray(x[1 + s:1 + s + n], dtype=int)
 
     def join(self, n: int, b: np.ndarray, k: np.ndarray) -> np.ndarray:
-        """The canonical genome of N segments with branch genes ``b`` and intervals ``k``."""
+        """The canonical genome of N segments with branch genes ``b`` and intervals ``k``; a genome
+        that skips every segment gets a FULL step in its last (lowest-noise) segment."""
         s = self.smax
         x = np.zeros(self.n_var, dtype=int)
         x[0] = self.Ns.index(n)
         x[1 + s:] = 1
-        k = np.asarray(k, dtype=int)
+        k = np.array(k, dtype=int)
+        if not k.any():
+            k[-1] = 1
         x[1:1 + n] = np.where(k > 1, b, 0)
         x[1 + s:1 + s + n] = k
         return x
@@ -104,7 +109,7 @@ class SearchSpace:
             return False
         n, b, k = self.split(x)
         L = self.T // n
-        return bool(np.all((k >= self.k_low(n)) & (k <= L)) and np.all((b >= 0) & (b < len(self.branches))))
+        return bool(k.any() and np.all((k >= self.k_low(n)) & (k <= L)) and np.all((b >= 0) & (b < len(self.branches))))
 
     def canonical(self, x: np.ndarray) -> np.ndarray:
         """Inactive genes fixed, branch genes of interval-1 segments zeroed."""
@@ -165,9 +170,13 @@ class SearchSpace:
         return sum((B * (self.T // n)) ** n for n in self.Ns)
 
     def size_distinct_plans(self) -> int:
-        """Distinct plans: a segment has 1 + B * (L - 1) choices (interval 1 needs no branch), one more if skippable."""
-        B, extra = len(self.branches), int(self.skip)
-        return sum((1 + B * (self.T // n - 1)) * (1 + extra + B * (self.T // n - 1)) ** (n - 1) for n in self.Ns)
+        """Distinct plans: a segment has 1 + B * (L - 1) choices (interval 1 needs no branch), one more where it
+        may be skipped (less the plan that skips every segment)."""
+        B, total = len(self.branches), 0
+        for n in self.Ns:
+            choices = 1 + B * (self.T // n - 1) + (self.k_low(n) == 0)
+            total += int(np.prod(choices.astype(object))) - int(not self.k_low(n).any())
+        return total
 
     def size_step_wise(self) -> int:
         """K^T for a step-wise search with K = FULL, NULL and PARTIAL at each branch."""

@@ -125,3 +125,30 @@ def test_missing_dataset_split_message(tmp_path):
         load_split("train", tmp_path)
     with pytest.raises(FlexnasError, match="unknown Fashion-MNIST split"):
         load_split("validation")
+
+
+@pytest.mark.parametrize("k", [10, 20])
+def test_skipping_the_first_segment_reproduces_stock_step_reduction(k):
+    """In drop mode a plan may skip leading segments: FULL steps at base steps L-1, 2L-1, .., T-1
+    of DDIM 100 are exactly DDIMPipeline(num_inference_steps=k) ("leading" spacing starts below
+    the top of the schedule), which a plan whose first step is FULL cannot be."""
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    from flexnas import get_problem
+    from flexnas.plan import Plan, Segment
+
+    loaded = get_problem("fashion-mnist", num_images=4, batch_size=4).load()
+    L = 100 // k
+    plan = Plan("DDIMScheduler", 100, tuple(Segment(1) if i % L == L - 1 else Segment(0) for i in range(100)))
+    assert plan.counts()["full"] == k and plan.steps[0].kind.value == "null"
+    ours = loaded.images(plan)
+    pipe = DDIMPipeline(unet=loaded.unet, scheduler=DDIMScheduler.from_config(loaded.pipeline.scheduler.config))
+    pipe.set_progress_bar_config(disable=True)
+    stock = pipe(batch_size=4, generator=torch.Generator("cpu").manual_seed(0), num_inference_steps=k, eta=0.0,
+                 output_type="np").images
+    assert torch.equal(ours, torch.from_numpy(stock).permute(0, 3, 1, 2))
+    # the same k FULL steps starting at the top of the schedule are other images
+    top = Plan.step_reduction("DDIMScheduler", 100, k)
+    assert not torch.equal(loaded.images(top), ours)
+    with pytest.raises(FlexnasError, match="reuse"):
+        Plan("DDIMScheduler", 100, plan.segments, "reuse")

@@ -21,6 +21,10 @@ SPACES = {
     "T100-N4,25-B1": SearchSpace(S, 100, (4, 25), (1,)),
     "T8-N8-B2": SearchSpace(S, 8, (8,), (0, 1)),  # L=1: only the teacher
     "T10-N1-B2": SearchSpace(S, 10, (1,), (0, 1)),  # a single segment
+    # skippable segments: any segment in drop mode, all but the first in reuse mode
+    "T10-N2,5,10-B6-skip": SearchSpace(S, 10, (2, 5, 10), tuple(range(6)), "drop", True),
+    "T12-all-N-B2-skip-reuse": SearchSpace(S, 12, (1, 2, 3, 4, 6, 12), (0, 3), "reuse", True),
+    "T8-N8-B2-skip": SearchSpace(S, 8, (8,), (0, 1), "drop", True),  # L=1: every subset of the steps
 }
 
 
@@ -127,7 +131,7 @@ def test_mutation_property(space):
 def test_mutation_changes_every_individual_that_can_change(space):
     """Every mutated genome decodes to another plan, unless the space holds one plan shape only
     (a single N with L = 1: the teacher)."""
-    frozen = len(space.Ns) == 1 and space.T == space.Ns[0]
+    frozen = len(space.Ns) == 1 and space.T == space.Ns[0] and not space.skip
     for seed in SEEDS:
         rng = np.random.default_rng(seed)
         X = np.array([space.random(rng) for _ in range(4)])
@@ -249,3 +253,20 @@ def test_duplicate_elimination_after_operators_all_distinct():
         kept = elim.do(Population.new(X=X))
         keys = [sp.key(x) for x in kept.get("X")]
         assert len(keys) == len(set(keys)) == len({sp.key(x) for x in X})
+
+
+def test_skip_space_reaches_skipped_segments_and_keeps_a_full_step():
+    drop, reuse = SPACES["T10-N2,5,10-B6-skip"], SPACES["T12-all-N-B2-skip-reuse"]
+    for sp in (drop, reuse):
+        rng = np.random.default_rng(0)
+        X = np.array([sp.random(rng) for _ in range(300)])
+        X = np.vstack([X, SegmentMutation().do(stand_in(sp), Population.new(X=X), random_state=rng).get("X")])
+        assert_all_canonical(sp, X)
+        ks = [sp.split(x)[2] for x in X]
+        assert all(k.any() for k in ks)  # never a plan without a network call
+        assert any((k[1:] == 0).any() for k in ks if len(k) > 1)
+        first_skipped = any(k[0] == 0 for k in ks)
+        assert first_skipped == (sp.null_mode == "drop")
+        for x in X[:50]:
+            assert sp.decode(x).counts()["full"] >= 1
+    assert drop.join(5, np.zeros(5, int), np.zeros(5, int))[1 + drop.smax:][4] == 1  # all-skipped: repaired

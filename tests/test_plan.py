@@ -121,10 +121,22 @@ def test_n_must_divide_t():
         Plan.step_reduction("DDIMScheduler", 10, 4)
 
 
-@pytest.mark.parametrize("interval", [0, 6, -1])
+@pytest.mark.parametrize("interval", [6, -1])
 def test_interval_out_of_range(interval):
-    with pytest.raises(FlexnasError, match=rf"interval {interval} out of range 1\.\.5"):
+    with pytest.raises(FlexnasError, match=rf"interval {interval} out of range 0\.\.5"):
         Plan("DDIMScheduler", 10, (Segment(interval, 1), Segment(1)))
+
+
+def test_skipped_segments():
+    """Interval 0 skips a segment (all NULL); in reuse mode not the first; never every segment."""
+    plan = Plan("DDIMScheduler", 10, (Segment(0), Segment(2, 1)))
+    assert plan.strip() == ". . . . . F p1 . . ." and plan.counts() == {"full": 1, "partial": {1: 1}, "null": 8}
+    assert Segment(0, 3).branch is None  # no PARTIAL step uses it: canonical form drops it
+    with pytest.raises(FlexnasError, match=r"interval 0 out of range 1\.\.5.*reuse"):
+        Plan("DDIMScheduler", 10, (Segment(0), Segment(1)), "reuse")
+    assert Plan("DDIMScheduler", 10, (Segment(1), Segment(0)), "reuse").counts()["null"] == 9
+    with pytest.raises(FlexnasError, match="at least one FULL step"):
+        Plan("DDIMScheduler", 10, (Segment(0), Segment(0)))
 
 
 def test_interval_needs_branch():
