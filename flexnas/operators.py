@@ -20,8 +20,9 @@ def _space(problem) -> SearchSpace:
 
 
 class FlexSampling(Sampling):
-    """Initial population: the teacher plan, DeepCache-like uniform plans alternating with
-    step-reduction plans (the baselines a search should start from), then random genomes."""
+    """Initial population: the teacher plan, then DeepCache-like uniform plans, step-reduction plans
+    and (where the first segment may be skipped) stock-spaced step reductions at any step count, in
+    turn (the baselines a search should start from), then random genomes."""
 
     def _do(self, problem, n_samples, *args, random_state=None, **kwargs):
         sp = _space(problem)
@@ -35,8 +36,17 @@ class FlexSampling(Sampling):
                      for n, bi in (uniform[j] for j in rng.permutation(len(uniform)))]
         # step reduction: one FULL step per segment, the rest NULL
         steps = [sp.join(n, np.zeros(n, int), np.ones(n, int)) for n in rng.permutation([n for n in sp.Ns if n < sp.T])]
-        for i in range(max(len(deepcache), len(steps))):
-            seeds += [g[i] for g in (deepcache, steps) if i < len(g)]
+        # where the first segment may be skipped: k FULL steps spaced as a stock num_inference_steps=k run
+        # ("leading": the last at the end of the schedule, the first below its top), for any k
+        leading = []
+        if sp.T in sp.Ns and sp.k_low(sp.T)[0] == 0:
+            for k in rng.permutation(np.arange(2, sp.T // 2 + 1)):
+                pos = sp.T - 1 - np.round(np.arange(k) * sp.T / k).astype(int)
+                kk = np.zeros(sp.T, int)
+                kk[pos] = 1
+                leading.append(sp.join(sp.T, np.zeros(sp.T, int), kk))
+        for i in range(max(len(deepcache), len(steps), len(leading))):
+            seeds += [g[i] for g in (deepcache, steps, leading) if i < len(g)]
         X = seeds[:n_samples]
         while len(X) < n_samples:
             X.append(sp.random(rng))

@@ -18,15 +18,20 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
 
 
 def plan_family(plan: dict) -> str | None:
-    """Which baseline family a plan dict belongs to: teacher, deepcache, steps, or None."""
+    """Which baseline family a plan dict belongs to: teacher (every step FULL), steps (FULL and NULL
+    steps only, evenly spaced to within one base step: plain step reduction), deepcache (every segment
+    ``(L, b)`` at one branch), or None (searched)."""
     segs, T, N = plan["segments"], plan["T"], plan["N"]
     ks = {s["interval"] for s in segs}
     bs = {s["branch"] for s in segs}
-    if N == T:
+    if ks == {1} and N == T:
         return "teacher"
-    if ks == {1}:
-        return "steps"
-    if ks == {T // N} and len(bs) == 1:
+    if ks <= {0, 1}:
+        L = T // N
+        full = [i * L for i, s in enumerate(segs) if s["interval"] == 1]
+        gaps = {b - a for a, b in zip(full, full[1:])}
+        return "steps" if not gaps or max(gaps) - min(gaps) <= 1 else None
+    if ks == {L := T // N} and len(bs) == 1:
         return "deepcache"
     return None
 

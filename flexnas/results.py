@@ -62,16 +62,18 @@ def nondominated(records: list[dict], measure: str) -> list[dict]:
     return sorted((ok[i] for i in idx), key=lambda r: r["macs_ratio"])
 
 
-def rescore(candidates, records: list[dict], front: list[dict], n: int, goal: str) -> list[dict]:
-    """Multi-fidelity step: the front and the non-dominated baselines, scored again on ``n`` images.
+def rescore(candidates, records: list[dict], front: list[dict], n: int, goal: str, limit: int = 8) -> list[dict]:
+    """Multi-fidelity step: the front and the non-dominated baselines (up to ``limit`` of each, spread
+    by MACs), scored again on ``n`` images.
 
     Adds ``hi_<measure>`` columns (teacher-referenced measures only for the fidelity goal, or
     when the teacher's ``n`` images are stored already: they cost a full-price sampling) and
     ``hi_front``: whether the plan is non-dominated in (goal's ground truth, MACs ratio).
     """
     obj = candidates.config.objective
-    base = nondominated([r for r in records if plan_family(r["plan"]) in ("steps", "deepcache", "teacher")], obj)
-    chosen = {r["key"]: r for r in front + base}
+    top = max(r["macs_ratio"] for r in front)  # baselines slower than every front plan cannot be rivals
+    base = nondominated([r for r in records if plan_family(r["plan"]) and r["macs_ratio"] <= top], obj)
+    chosen = {r["key"]: r for r in choose(front, limit) + choose(base, limit)}
     teacher = candidates.loaded.problem.teacher_plan()
     names = [m for m in candidates.measures if MEASURES[m].reference == "real" or goal == "fidelity"
              or candidates.store.has(teacher, n)]
