@@ -1,10 +1,12 @@
 """The search: a pymoo problem over plan genomes, run by GA or NSGA-II through ``minimize``.
 
-Evaluation is the expensive part, so it is never repeated: an evaluation cache (one
-line per canonical genome in the run folder) answers known genomes, and a prefix store
-lets a candidate start from the latents of an earlier one with the same leading
-segments. Uncached genomes are evaluated in-process, or on Dask workers through
-pymoo's ``DaskParallelization``; each worker process loads the model once.
+Evaluation is the expensive part, so it is never repeated: the run's evaluation records (one
+line per canonical genome) answer known genomes, the feature store (``flexnas.store``) answers
+known step sequences from any run, and a prefix store lets a candidate start from the latents
+of an earlier one with the same steps up to a FULL step. Uncached genomes are evaluated
+in-process, or on Dask workers through pymoo's ``DaskParallelization``; each worker process
+loads the model once. Every record holds every measure of ``flexnas.measures``; the goal's
+objective is what pymoo sees.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ _EVALUATORS: dict[str, "CandidateEvaluator"] = {}
 
 
 class CandidateEvaluator:
-    """Loads a problem once per process and scores plans; keeps that process's prefix store."""
+    """Loads a problem once per process and scores plans from its feature store (with the process's prefix store)."""
 
     def __init__(self, config: SearchConfig):
         self.config = config

@@ -1,0 +1,84 @@
+"""Where should k FULL steps sit? Stock spacing against grid placements of the same k, FID to real.
+
+    python -m benchmarks.placement [--images 256]
+
+For k FULL steps on the DDIM-T grid: the stock ``num_inference_steps=k`` run ("leading"
+spacing: the first step below the top of the schedule), k evenly spaced steps starting at
+the top (what a plan whose first segment runs a FULL step must do), and denser placements
+at the low-noise or the high-noise end (``position = (T-1) * u^p`` and its mirror). Every
+plan's images come from the shared feature store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.common import REPORT, RESULTS, machine, save_json, write_section  # noqa: E402
+from flexnas.errors import report_errors  # noqa: E402
+from flexnas.measures import score  # noqa: E402
+from flexnas.plan import Plan, Segment  # noqa: E402
+from flexnas.search import CandidateEvaluator, SearchConfig  # noqa: E402
+
+
+def on_grid(sch: str, T: int, positions) -> Plan:
+    pos = {int(p) for p in positions}
+    return Plan(sch, T, tuple(Segment(1) if i in pos else Segment(0) for i in range(T)))
+
+
+def placements(sch: str, T: int, k: int) -> dict[str, Plan]:
+    u = np.linspace(0, 1, k)
+    return {"stock (leading)": Plan.teacher(sch, k),
+            "even from the top": on_grid(sch, T, np.round(u * (T - 1))),
+            "dense at low noise, p=1.5": on_grid(sch, T, np.round((T - 1) * (1 - (1 - u) ** 1.5))),
+            "dense at high noise, p=1.5": on_grid(sch, T, np.round((T - 1) * u ** 1.5))}
+
+
+def run(images: int, ks: tuple[int, ...]) -> dict:
+    cand = CandidateEvaluator.get(SearchConfig(images=64).validate())
+    p = cand.loaded.problem
+    rows = []
+    for k in ks:
+        for name, plan in placements(p.scheduler, p.T, k).items():
+            r = score(["fid_to_real", "kid_to_real"], cand.store.features(plan, images), None, cand.real)
+            rows.append({"k": k, "placement": name, "full": plan.counts()["full"], **r})
+    return {"images": images, "rows": rows, "machine": machine()}
+
+
+def render(out: dict) -> str:
+    lines = ["## Step placement: stock spacing against grid placements", "",
+             f"Command: `python -m benchmarks.placement` · {out['images']} images per plan (one store with "
+             f"`benchmarks.compare`) · machine: {out['machine']}", "",
+             "| k | placement | FID to real | KID to real x1000 |", "|---|---|---|---|"]
+    lines += [f"| {r['k']} | {r['placement']} | {r['fid_to_real']:.3f} | {r['kid_to_real']:.0f} |" for r in out["rows"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--report", default=str(REPORT))
+    ap.add_argument("--results", default=str(RESULTS))
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    def go() -> int:
+        out = run(args.images, (8, 10, 12))
+        save_json("placement", out, Path(args.results))
+        write_section("placement", render(out), Path(args.report))
+        print(render(out))
+        return 0
+
+    return report_errors(go, prog="placement")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
