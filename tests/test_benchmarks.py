@@ -20,7 +20,13 @@ def test_quick_benchmark_writes_report_and_figures(tmp_path, monkeypatch):
     data = json.loads((results / "compare.json").read_text())
     fams = {r["family"] for r in data["hi"]}
     assert {"teacher", "steps", "deepcache", "random"} <= fams
-    assert any(f.startswith("nsga2-skip-") for f in fams) and any(f.startswith("ga-skip-") for f in fams)
+    runs = {(r["goal"], r["algorithm"], r["skip"]) for r in data["runs"]}
+    assert {("quality", "nsga2", True), ("quality", "ga", True), ("quality", "nsga2", False),
+            ("fidelity", "nsga2", True)} <= runs
+    # a front plan of a baseline shape (a kept seed) is filed under its baseline family, not as searched
+    from flexnas.report import plan_family
+
+    assert all(plan_family(r["plan"]) in (None, r["family"]) for r in data["hi"] if "front" in r["name"])
     teacher = data["teacher"]
     assert teacher["paired"] == 0 and teacher["rfid"] <= 1e-6 and teacher["macs_ratio"] == 1.0
     hi = data["settings"]["hi_images"]

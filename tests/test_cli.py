@@ -58,7 +58,7 @@ def test_branches_lists_six_skips(capsys):
 @pytest.mark.parametrize("args, message", [
     (["--deepcache", "5", "--branch", "9"], "branch 9 does not exist"),
     (["--deepcache", "3", "--branch", "1"], "must divide T=100"),
-    (["--segments", "10", "--branch", "1", "--interval", "11"], "interval 11 out of range 1..10"),
+    (["--segments", "10", "--branch", "1", "--interval", "11"], "interval 11 out of range 0..10"),
     (["--segments", "10", "--interval", "3"], "needs a branch"),
     (["--deepcache", "5"], "needs --branch"),
     (["--teacher", "--steps", "10"], "exactly one of"),
