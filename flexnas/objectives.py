@@ -129,23 +129,18 @@ class Evaluator:
         self.features.features(self.loaded.problem.teacher_plan(), self.n)
 
     # ------------------------------------------------------------------ metrics
-    def _score(self, name: str, latents: torch.Tensor) -> float:
-        """Measure ``name`` of a candidate's first images, against the teacher's first images or real ones."""
+    def _scores(self, names: list[str], latents: torch.Tensor) -> dict[str, float]:
+        """Measures of a candidate's first images, against the teacher's first images or real ones."""
         from flexnas.measures import score
 
-        with torch.no_grad():
-            x = to_uint8_rgb(torch.nan_to_num(self.loaded.decode(latents))).to(self.loaded.device)
-            feats = self.features.extractor(x)[0].double().cpu().numpy()
-        if not torch.isfinite(latents).all():
-            feats[:] = np.nan
-        teacher = self.features.features(self.loaded.problem.teacher_plan(), len(latents)) if name == "rfid" else None
-        return score([name], feats, teacher, self.reference())[name]
+        if "rfid" in names and not torch.isfinite(latents).all():
+            warnings.warn("candidate images contain NaN or inf (the sampler diverged): rfid = inf", RuntimeWarning)
+        teacher = self.features.features(self.loaded.problem.teacher_plan(), len(latents)) if "rfid" in names else None
+        return score(names, self.features.embed(latents), teacher, self.reference())
 
     def rfid_of_latents(self, latents: torch.Tensor) -> float:
         """rFID of a candidate's final latents (``inf`` with a warning if any value is NaN/inf)."""
-        if not torch.isfinite(latents).all():
-            warnings.warn("candidate images contain NaN or inf (the sampler diverged): rfid = inf", RuntimeWarning)
-        return self._score("rfid", latents)
+        return self._scores(["rfid"], latents)["rfid"]
 
     def check_plan(self, plan: Plan) -> Plan:
         """Refuse a plan for another base schedule than the problem's (its teacher would not be comparable)."""
@@ -160,7 +155,7 @@ class Evaluator:
 
     def fid_to_real_of_latents(self, latents: torch.Tensor) -> float | None:
         """FID of the images against the problem's real-image statistics (None when it has none)."""
-        return None if self.reference() is None else self._score("fid_to_real", latents)
+        return None if self.reference() is None else self._scores(["fid_to_real"], latents)["fid_to_real"]
 
     def clip_score_of_latents(self, latents: torch.Tensor) -> float:
         """CLIP score (100 x cosine, floored at 0, mean over images) of the images against their prompts."""
@@ -181,9 +176,8 @@ class Evaluator:
 
     def score_latents(self, plan: Plan, latents: torch.Tensor) -> dict[str, Any]:
         """rFID, FID to real (None without real statistics), MACs and MACs ratio of ``plan``'s latents."""
-        out: dict[str, Any] = {
-            "rfid": self.rfid_of_latents(latents),
-            "fid_to_real": self.fid_to_real_of_latents(latents),
+        out: dict[str, Any] = {"fid_to_real": None, **self._scores(
+            ["rfid"] + (["fid_to_real"] if self.reference() is not None else []), latents),  # one decode, one embed
             "macs": self.macs.plan_macs(plan),
             "macs_ratio": self.macs.ratio(plan),
         }

@@ -79,14 +79,19 @@ class FeatureStore:
         counter = StepCounter()
         t0 = time.perf_counter()
         latents = self.loaded.latents(plan, n=stop, start=start, counter=counter, prefixes=self.prefixes)
-        images = self.loaded.decode(latents)
         t1 = time.perf_counter()
-        x = to_uint8_rgb(torch.nan_to_num(images)).to(self.loaded.device)
-        feats = self.extractor(x)[0].double().cpu().numpy()
-        if not torch.isfinite(images).all():
-            feats[:] = np.nan  # a diverged sampler: every measure of this plan is inf
+        feats = self.embed(latents)
         return {"features": feats, "sample_s": np.float64(t1 - t0), "feature_s": np.float64(time.perf_counter() - t1),
                 "calls": np.int64(counter.calls)}
+
+    @torch.no_grad()
+    def embed(self, latents: torch.Tensor) -> np.ndarray:
+        """Features of the images of final ``latents`` (NaN rows if the sampler diverged: every measure is inf)."""
+        images = self.loaded.decode(latents)
+        feats = self.extractor(to_uint8_rgb(torch.nan_to_num(images)).to(self.loaded.device))[0].double().cpu().numpy()
+        if not torch.isfinite(latents).all():  # inf survives decoding as a clamped pixel: test the latents
+            feats[:] = np.nan
+        return feats
 
     def batches(self, plan: Plan, n: int) -> list[dict[str, Any]]:
         """The stored batches covering images ``0..n`` of ``plan`` (sampling the missing ones)."""
