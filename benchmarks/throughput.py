@@ -7,7 +7,10 @@ milliseconds per image-step at the problem's batch size, eager and under ``torch
 (inductor, default mode; dynamo traces through the hooks and keeps one graph per step
 kind), with the largest difference between the two outputs. Then, for DeepCache-uniform
 plans at every branch, wall-clock speed-up over the teacher divided by MACs speed-up (the
-"realisation" of the MACs a plan saves). Records the device; runs on a GPU when one is present.
+"realisation" of the MACs a plan saves). Then the rate a search evaluates plans at: the same
+random plans of the default space (one model load each way, 64 images per plan, no feature
+store), eager and with ``--compile``, with the compilation time counted apart and in total.
+Records the device; runs on a GPU when one is present.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ def per_step(loaded, compiled: bool, repeats: int) -> dict[str, dict]:
     x = torch.randn(bs, *loaded.sample_shape, generator=torch.Generator().manual_seed(0)).to(loaded.device, loaded.dtype)
     t = torch.tensor(500, device=loaded.device)
     out = {}
-    with PartialUNet(unet) as pu, torch.no_grad():
+    with PartialUNet.use(unet) as pu, torch.no_grad():
         fwd = torch.compile(unet.forward) if compiled else unet.forward
         kinds = [("full", None)] + [(f"partial b{b.index}", b.index) for b in pu.branches]
         t_compile = time.perf_counter()
@@ -66,6 +69,30 @@ def per_step(loaded, compiled: bool, repeats: int) -> dict[str, dict]:
     return out
 
 
+def plan_rate(compiled: bool, plans: list, images: int, overrides: dict) -> dict:
+    """Plans per minute over ``plans`` (after a first plan that pays for loading and compilation)."""
+    t0 = time.perf_counter()
+    loaded = get_problem("fashion-mnist", compile=compiled, **overrides).load()
+    loaded.latents(plans[0], n=images)  # compiles every kind the first plan uses
+    warm = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    outs = [loaded.latents(p, n=images) for p in plans[1:]]
+    rest = time.perf_counter() - t1
+    return {"plans_per_min": 60 * len(outs) / rest, "plans_per_min_total": 60 * len(plans) / (warm + rest),
+            "first_plan_s": warm, "latents": torch.cat(outs)}
+
+
+def random_plans(loaded, count: int) -> list:
+    import numpy as np
+
+    from flexnas.space import SearchSpace
+
+    p = loaded.problem
+    space = SearchSpace.build(p.scheduler, p.T, len(loaded.branches), None, None, p.null_mode, True)
+    rng = np.random.default_rng(0)
+    return [space.decode(space.random(rng)) for _ in range(count)]
+
+
 def run(quick: bool) -> dict:
     overrides = {"T": 20, "batch_size": 8} if quick else {}
     loaded = get_problem("fashion-mnist", **overrides).load()
@@ -86,9 +113,14 @@ def run(quick: bool) -> dict:
         wall = measure_wall(lambda: loaded.latents(plan, n=images), repeats=1 if quick else 3)
         realisation.append({"plan": plan.meta["name"], "macs_speedup": 1 / macs.ratio(plan),
                             "wall_speedup": teacher / wall, "realisation": teacher / wall * macs.ratio(plan)})
+    plans = random_plans(loaded, 4 if quick else 17)
+    n = loaded.problem.batch_size
+    rates = {mode: plan_rate(mode == "compiled", plans, n, overrides) for mode in ("eager", "compiled")}
+    diff = float((rates["eager"].pop("latents") - rates["compiled"].pop("latents")).abs().max())
     return {"machine": machine(), "device": str(loaded.device), "batch_size": loaded.problem.batch_size,
             "steps": rows, "compile_warmup_s": compiled["_warmup_s"], "eager_warmup_s": eager["_warmup_s"],
-            "realisation": realisation, "images": images}
+            "realisation": realisation, "images": images, "rates": rates, "rate_plans": len(plans),
+            "rate_images": n, "rate_max_abs_diff": diff}
 
 
 def render(out: dict) -> str:
@@ -103,6 +135,14 @@ def render(out: dict) -> str:
               "same process):", "", "| plan | MACs speed-up | wall speed-up | realisation |", "|---|---|---|---|"]
     lines += [f"| {r['plan']} | {r['macs_speedup']:.2f}x | {r['wall_speedup']:.2f}x | {r['realisation']:.2f} |"
               for r in out["realisation"]]
+    r = out["rates"]
+    lines += ["", f"Plan evaluation rate: {out['rate_plans']} random plans of the default space, {out['rate_images']} "
+              "images each, one model load per mode, no feature store (largest latent difference compiled vs eager "
+              f"{out['rate_max_abs_diff']:.1e}):", "",
+              "| mode | plans / min after the first | first plan (load + compile) s | plans / min in total |",
+              "|---|---|---|---|"]
+    lines += [f"| {m} | {v['plans_per_min']:.1f} | {v['first_plan_s']:.1f} | {v['plans_per_min_total']:.1f} |"
+              for m, v in r.items()]
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: 2-core machines slow down 5-10x without
 
-from flexnas.errors import FlexnasError  # noqa: E402
+from flexnas.errors import FlexnasError, writable_folder  # noqa: E402
 from flexnas.measures import GOALS, MEASURES  # noqa: E402
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -27,9 +27,30 @@ def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
     return fn
 
 
+# upper bounds checked before any work: beyond them memory or time runs out long before a result
+LIMITS = {"images": (50_000, "torch-fidelity's own FID protocol uses 50,000"),
+          "rescore_images": (50_000, "torch-fidelity's own FID protocol uses 50,000"),
+          "wall_images": (10_000, "a wall-clock measurement needs a few batches"),
+          "grid_images": (1_024, "a grid image of more is unreadable"),
+          "pop": (10_000, "each generation evaluates the whole population"),
+          "gens": (10_000, "resume with --gens to extend a run"),
+          "batch_size": (4_096, "larger batches only cost memory"),
+          "workers": (256, "each worker loads its own model")}
+
+
+def _check_limits(args: argparse.Namespace) -> None:
+    for name, (high, why) in LIMITS.items():
+        value = getattr(args, name, None)
+        if isinstance(value, (int, float)) and value > high:
+            raise FlexnasError(f"--{name.replace('_', '-')} {value} is over the limit of {high:,} ({why})")
+
+
 def _setup_torch(threads: int | None) -> None:
     if threads is not None and threads < 1:
         raise FlexnasError(f"--threads must be at least 1, got {threads}")
+    cores = os.cpu_count() or 1
+    if threads is not None and threads > 4 * cores:
+        raise FlexnasError(f"--threads {threads} is more than 4x this machine's {cores} cores: use at most {cores}")
     import torch
 
     torch.set_num_threads(threads or max(1, min(2, os.cpu_count() or 1)))
@@ -37,7 +58,8 @@ def _setup_torch(threads: int | None) -> None:
 
 # CLI option -> problem override (Problem field or problem_from_pretrained argument)
 MODEL_OVERRIDES = {"scheduler": "scheduler", "base_steps": "T", "guidance": "guidance_scale", "prompts": "prompts",
-                   "resolution": "resolution", "device": "device", "dtype": "dtype", "batch_size": "batch_size"}
+                   "resolution": "resolution", "device": "device", "dtype": "dtype", "batch_size": "batch_size",
+                   "compile": "compile"}
 
 
 def _problem_spec(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
@@ -63,7 +85,7 @@ def _problem_spec(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     if "prompts" in overrides:
         overrides["prompts"] = str(Path(overrides["prompts"]).expanduser().resolve())
     for key in ("T", "resolution", "batch_size"):
-        _positive({"T": "steps", "batch_size": "batch-size"}.get(key, key), overrides.get(key))
+        _positive({"T": "base-steps", "batch_size": "batch-size"}.get(key, key), overrides.get(key))
     return problem or model, overrides
 
 
@@ -76,17 +98,24 @@ def _load(args: argparse.Namespace):
     return problem
 
 
-def _read_plan(path: str):
+def _read_plan(path: str, problem: Any = None):
+    """The plan at ``path``; with ``problem``, checked to be made for its scheduler and base schedule."""
     from flexnas.plan import Plan
 
-    return Plan.load(path)
+    plan = Plan.load(path)
+    if problem is not None and (plan.scheduler, plan.T) != (problem.scheduler, problem.T):
+        raise FlexnasError(f"{path} was made for {plan.scheduler} with T={plan.T} base steps, but problem "
+                           f"{problem.name} samples with {problem.scheduler}, T={problem.T}: pass --scheduler "
+                           f"{plan.scheduler} --base-steps {plan.T}, or make the plan with 'flexnas plan' for this problem")
+    return plan
 
 
 def _new_file(path: str | Path) -> Path:
+    """``path`` checked to be new and writable before any work (its folder is made)."""
     p = Path(path)
     if p.exists():
         raise FlexnasError(f"{p} already exists: choose another --out or remove it first")
-    p.parent.mkdir(parents=True, exist_ok=True)
+    writable_folder(p.parent)
     return p
 
 
@@ -103,7 +132,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     problem = _load(args)
     s, T, mode = problem.scheduler, problem.T, problem.null_mode
-    chosen = [x for x in ("teacher", "deepcache", "steps", "segments") if getattr(args, x) not in (None, False)]
+    chosen = [x for x in ("teacher", "deepcache", "steps", "segments") if getattr(args, x) not in (None, False)
+              or getattr(args, x) == 0 and getattr(args, x) is not False]
     if len(chosen) != 1:
         raise FlexnasError("give exactly one of --teacher, --deepcache K, --steps T2, --segments N")
     if args.teacher:
@@ -134,16 +164,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
 @command
 def cmd_show(args: argparse.Namespace) -> int:
     """Print a plan's step-kind strip, its step counts and (with --problem) its MACs ratio."""
-    plan = _read_plan(args.plan)
+    problem = _load(args) if args.problem or args.model else None
+    plan = _read_plan(args.plan, problem)
     print(f"{plan.scheduler}  T={plan.T}  N={plan.N}  L={plan.L}  null mode: {plan.null_mode}")
     print(plan.strip())
     c = plan.counts()
     partial = ", ".join(f"b{b}: {n}" for b, n in c["partial"].items()) or "none"
     print(f"full {c['full']}  partial {sum(c['partial'].values())} ({partial})  null {c['null']}")
-    if args.problem or args.model:
+    if problem is not None:
         from flexnas.macs import MacCounter
 
-        loaded = _load(args).load()
+        loaded = problem.load()
         plan.validate(len(loaded.branches))
         macs = MacCounter.for_problem(loaded)
         print(f"MACs per image {macs.plan_macs(plan) / 1e6:.1f}M  ratio to teacher {macs.ratio(plan):.3f} "
@@ -172,7 +203,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise FlexnasError(f"--out {args.out}: give a .png or .jpg file name")
     out = _new_file(args.out)
     problem = _load(args)
-    plan = _read_plan(args.plan) if args.plan else None
+    plan = _read_plan(args.plan, problem) if args.plan else None
     loaded = problem.load()
     images = loaded.images(plan, n=args.images, seed=args.seed)
     save_grid(images, out)
@@ -188,8 +219,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _positive("images", args.images)
     if args.wall_images < 0:
         raise FlexnasError(f"--wall-images must be >= 0, got {args.wall_images}")
-    plan = _read_plan(args.plan)
-    ev = Evaluator(_load(args), images=args.images, extractor=args.extractor, extractor_weights=args.inception_weights,
+    problem = _load(args)
+    plan = _read_plan(args.plan, problem)
+    ev = Evaluator(problem, images=args.images, extractor=args.extractor, extractor_weights=args.inception_weights,
                    clip=args.clip)
     plan.validate(len(ev.loaded.branches))
     res = ev.evaluate(plan, wall_images=args.wall_images)
@@ -227,6 +259,11 @@ def cmd_space(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stage(text: str) -> None:
+    """One progress line on stderr (stdout stays the result)."""
+    print(text, file=sys.stderr, flush=True)
+
+
 def _short(strip: str) -> str:
     """A strip in a few words: counts of FULL, PARTIAL and NULL steps."""
     parts = strip.split()
@@ -239,7 +276,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     import time
 
     from flexnas.results import write_run_outputs
-    from flexnas.search import CandidateEvaluator, SearchConfig, run_search
+    from flexnas.search import CandidateEvaluator, SearchConfig, run_folder, run_search
 
     if args.workers is not None and args.workers < 1:
         raise FlexnasError(f"--workers must be at least 1, got {args.workers}")
@@ -263,8 +300,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     res, problem = run_search(config, out, resume=args.resume, workers=args.workers, dask=args.dask,
                               progress=not args.quiet, threads=args.threads)
     candidates = CandidateEvaluator.get(problem.config, args.threads)
-    summary = write_run_outputs(res, problem, out, candidates, n_choose=args.choose, wall_images=args.wall_images,
-                                grid_images=args.grid_images, started=started)
+    with run_folder(out, resume=True):
+        summary = write_run_outputs(res, problem, out, candidates, n_choose=args.choose,
+                                    wall_images=args.wall_images, grid_images=args.grid_images, started=started,
+                                    log=None if args.quiet else _stage)
     best, obj, m = summary["best"] or {}, summary["objective"], summary["measure"]
     print(f"evaluated {summary['evaluated']} plans ({summary['cache_hits']} cache hits); denoiser calls "
           f"{summary['denoiser_calls_made']} made vs {summary['denoiser_calls_naive']} naive")
@@ -334,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"),
                        help="model precision (fp16 needs a GPU; default: as loaded)")
         g.add_argument("--batch-size", type=int, default=None, help="images per sampler batch")
+        g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                       help="torch.compile each step kind (default: on for CUDA, off on CPU, as measured in "
+                            "benchmarks/REPORT.md)")
 
     sp = add("plan", "write a common plan as JSON (stdout, or --out)")
     problem_arg(sp, steps_flag=False)  # --steps here is the plain step-reduction plan
@@ -416,10 +458,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_limits(args)
         _setup_torch(args.threads)
-        return COMMANDS[args.command](args)
+        rc = COMMANDS[args.command](args)
+        sys.stdout.flush()  # inside the try: a reader that left is seen here, not at interpreter exit
+        return rc
     except FlexnasError as e:
         print(f"flexnas: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # the reader left (e.g. `| head`): end quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as e:  # a path the user named cannot be read or written
+        where = f" {e.filename}" if e.filename else ""
+        print(f"flexnas: error: cannot use{where}: {e.strerror or e}: check the path and its permissions",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("flexnas: interrupted", file=sys.stderr)

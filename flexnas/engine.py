@@ -70,9 +70,13 @@ class _ControlHook(ModelHook):
 
 
 class PlanController:
-    """Installs a plan on a U-Net and its scheduler until ``remove()`` (or the end of a ``with``)."""
+    """Installs a plan on a U-Net and its scheduler until ``remove()`` (or the end of a ``with``).
 
-    def __init__(self, unet: torch.nn.Module, scheduler: Any, plan: Plan):
+    ``forward`` replaces the U-Net's own forward at network steps (a loaded problem passes its
+    ``torch.compile``d one); the partial-step hooks kept on the U-Net are reused (``PartialUNet.use``).
+    """
+
+    def __init__(self, unet: torch.nn.Module, scheduler: Any, plan: Plan, forward: Callable | None = None):
         name = type(scheduler).__name__
         if name != plan.scheduler:
             raise FlexnasError(f"plan was made for {plan.scheduler} but the scheduler is {name}: use "
@@ -82,13 +86,13 @@ class PlanController:
             raise FlexnasError(f"{name} cannot drop timesteps (its set_timesteps takes no custom timesteps): "
                                "use null mode 'reuse' for this scheduler")
         self.unet, self.scheduler, self.plan = unet, scheduler, plan
-        self.steps = plan.steps
+        self.steps, self.forward = plan.steps, forward
         self.counter = StepCounter()
-        self.partial = PartialUNet(unet)
+        self.partial = PartialUNet.use(unet)
         try:
             plan.validate(self.partial.num_branches)
         except FlexnasError:
-            self.partial.remove()
+            self.partial.release()
             raise
         self._last: Any = None
         self._step_of: dict[float, int] = {}
@@ -97,7 +101,7 @@ class PlanController:
         try:
             HookRegistry.check_if_exists_or_initialize(unet).register_hook(_ControlHook(self), HOOK_NAME)
         except Exception:
-            self.partial.remove()
+            self.partial.release()
             raise
         # what a later remove() restores: instance attributes another tool may have set, or nothing
         self._saved = {a: scheduler.__dict__[a] for a in ("set_timesteps", "step") if a in scheduler.__dict__}
@@ -188,7 +192,7 @@ class PlanController:
             self.partial.partial(step.branch)
             self.counter.partial[step.branch] += 1
         try:
-            out = forward(sample, timestep, *args, **kwargs)
+            out = (self.forward or forward)(sample, timestep, *args, **kwargs)
         finally:
             self.partial.off()
         self._last = out
@@ -200,7 +204,7 @@ class PlanController:
         if self.partial is None:
             return
         HookRegistry.check_if_exists_or_initialize(self.unet).remove_hook(HOOK_NAME, recurse=False)
-        self.partial.remove()
+        self.partial.release()
         self.partial = None
         for attr in ("set_timesteps", "step"):
             self.scheduler.__dict__.pop(attr, None)

@@ -18,3 +18,17 @@ def report_errors(fn, *args, prog: str = "flexnas"):  # noqa: ANN001, ANN201 - a
     except FlexnasError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+
+
+def writable_folder(folder):  # noqa: ANN001, ANN201 - a path
+    """Make ``folder`` (and parents) and prove it writable, or raise one line saying why."""
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise FlexnasError(f"cannot write into {folder}: {e.strerror or e}: choose a writable --out") from None
+    return folder

@@ -80,7 +80,7 @@ def count_unet(unet: torch.nn.Module, sample_shape: tuple[int, ...], unet_kwargs
     fwd = _Forward(unet, unet_kwargs or {})
     x = torch.randn(1, *sample_shape, device=unet.device, dtype=unet.dtype)
     t = torch.tensor(timestep, device=unet.device)
-    with PartialUNet(unet) as pu, warnings.catch_warnings():
+    with PartialUNet.use(unet) as pu, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pu.full()
         full = int(count_macs(fwd, (x, t)).total())

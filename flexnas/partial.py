@@ -21,6 +21,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from flexnas.errors import FlexnasError
 
 HOOK_NAME = "flexnas_partial"
+_KEPT = "_flexnas_partial"  # the U-Net attribute holding hooks kept across plans (a loaded problem's)
 MID_DEPTH = 10**9  # the mid block is deeper than every skip
 
 
@@ -113,11 +114,13 @@ class PartialUNet:
     """Hooks on one U-Net that make it run FULL (caching) or PARTIAL(b) forwards.
 
     ``with PartialUNet(unet) as pu: pu.full(); unet(...); pu.partial(2); unet(...)``.
-    ``remove()`` restores the stock forwards.
+    ``remove()`` restores the stock forwards. ``keep=True`` hooks stay on the U-Net across
+    uses (``PartialUNet.use``), like diffusers' stateful hooks with ``reset_state``: a
+    compiled forward traced through them stays valid from one plan to the next.
     """
 
-    def __init__(self, unet: torch.nn.Module):
-        self.unet = unet
+    def __init__(self, unet: torch.nn.Module, keep: bool = False):
+        self.unet, self.kept = unet, keep
         self.branches, modules = _deep_modules(unet)
         self.state = CacheState()
         self._registries = []
@@ -132,6 +135,13 @@ class PartialUNet:
         except Exception:
             self.remove()  # no half-hooked model
             raise
+        if keep:
+            unet.__dict__[_KEPT] = self
+
+    @classmethod
+    def use(cls, unet: torch.nn.Module) -> "PartialUNet":
+        """The hooks kept on ``unet``, or new ones; ``release()`` (or the end of a ``with``) when done."""
+        return unet.__dict__.get(_KEPT) or cls(unet)
 
     @property
     def num_branches(self) -> int:
@@ -157,9 +167,18 @@ class PartialUNet:
             reg.remove_hook(HOOK_NAME, recurse=False)
         self._registries.clear()
         self.state.cache.clear()
+        self.unet.__dict__.pop(_KEPT, None)
+
+    def release(self) -> None:
+        """End of one use: kept hooks are reset (off, empty cache), others removed."""
+        if self.kept:
+            self.off()
+            self.clear()
+        else:
+            self.remove()
 
     def __enter__(self) -> "PartialUNet":
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.remove()
+        self.release()

@@ -23,6 +23,8 @@ from flexnas.errors import FlexnasError
 FORMAT = "flexnas-plan"
 FORMAT_VERSION = 1
 NULL_MODES = ("drop", "reuse")
+MAX_T = 10_000  # base steps; diffusers schedulers train on 1,000 timesteps, and plans list every step
+MAX_PLAN_BYTES = 10 * 2**20
 
 
 class StepKind(str, Enum):
@@ -83,6 +85,9 @@ class Plan:
         """Raise ``FlexnasError`` naming the first problem; ``num_branches`` checks branches exist."""
         if not isinstance(self.T, int) or isinstance(self.T, bool) or self.T < 1:
             raise FlexnasError(f"T must be a positive integer, got {self.T!r}")
+        if self.T > MAX_T:
+            raise FlexnasError(f"T={self.T} base steps is more than flexnas handles ({MAX_T}): diffusion models "
+                               "train on about 1,000 timesteps, so use at most that many")
         if self.null_mode not in NULL_MODES:
             raise FlexnasError(f"null_mode must be one of {NULL_MODES}, got {self.null_mode!r}")
         n = len(self.segments)
@@ -197,6 +202,8 @@ class Plan:
         segs = d["segments"]
         if not isinstance(segs, list) or not all(isinstance(s, dict) and "interval" in s for s in segs):
             raise FlexnasError("plan JSON field 'segments' must be a list of {\"branch\": .., \"interval\": ..}")
+        if not isinstance(d["scheduler"], str) or not d["scheduler"]:
+            raise FlexnasError("plan JSON field 'scheduler' must name a diffusers scheduler class, e.g. \"DDIMScheduler\"")
         meta = d.get("meta") or {}
         if not isinstance(meta, dict):
             raise FlexnasError("plan JSON field 'meta' must be an object")
@@ -212,6 +219,8 @@ class Plan:
             d = json.loads(text)
         except json.JSONDecodeError as e:
             raise FlexnasError(f"plan is not valid JSON ({e.msg} at line {e.lineno})") from None
+        except RecursionError:
+            raise FlexnasError("plan JSON is nested too deeply to be a flexnas plan") from None
         return cls.from_dict(d)
 
     def save(self, path: str | Path) -> None:
@@ -222,7 +231,15 @@ class Plan:
         p = Path(path)
         if not p.is_file():
             raise FlexnasError(f"plan file {p} does not exist")
-        return cls.from_json(p.read_text())
+        try:
+            if p.stat().st_size > MAX_PLAN_BYTES:
+                raise FlexnasError(f"plan file {p} is over {MAX_PLAN_BYTES >> 20} MB: not a flexnas plan")
+            text = p.read_bytes().decode("utf-8")
+        except OSError as e:
+            raise FlexnasError(f"cannot read plan file {p}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise FlexnasError(f"plan file {p} is not UTF-8 text: give a plan JSON file written by flexnas") from None
+        return cls.from_json(text)
 
     def with_meta(self, **meta: Any) -> "Plan":
         return Plan(self.scheduler, self.T, self.segments, self.null_mode, {**self.meta, **meta})

@@ -53,16 +53,22 @@ def read_model_index(model: str) -> tuple[dict[str, Any], Path | None]:
             raise FlexnasError(f"{folder} has no model_index.json: give a diffusers pipeline folder "
                                "(what DiffusionPipeline.save_pretrained writes)")
         try:
-            return json.loads(index.read_text()), folder
-        except ValueError as e:
-            raise FlexnasError(f"{index} is not valid JSON ({e})") from None
+            data = json.loads(index.read_text())
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise FlexnasError(f"{index} is not valid JSON ({type(e).__name__}): give a diffusers pipeline folder") from None
+        if not isinstance(data, dict):
+            raise FlexnasError(f"{index} holds a JSON {type(data).__name__}, not the object diffusers writes: give a "
+                               "diffusers pipeline folder")
+        return data, folder
     if model.startswith(("/", "./", "../", "~")) or not _HUB_ID.match(model):
         raise FlexnasError(f"model folder {model} does not exist: give a local diffusers pipeline folder or a hub id "
                            "(owner/name)")
     try:
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.utils import logging as hub_logging
 
-        path = hf_hub_download(model, "model_index.json")
+        hub_logging.set_verbosity_error()  # no page of retry warnings before the one line below
+        path = hf_hub_download(model, "model_index.json", etag_timeout=5)
         return json.loads(Path(path).read_text()), None
     except Exception as e:  # noqa: BLE001 - offline, missing repo, no access: all end the same way
         raise FlexnasError(f"model {model!r} is neither a local folder nor a reachable hub id "

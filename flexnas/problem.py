@@ -19,7 +19,7 @@ import torch
 
 from flexnas.engine import PlanController, StepCounter, is_ddim
 from flexnas.errors import FlexnasError
-from flexnas.partial import list_branches
+from flexnas.partial import PartialUNet, list_branches
 from flexnas.plan import Plan, StepKind
 from flexnas.sampler import Conditioning, initial_noise, sample, to_images
 
@@ -53,6 +53,7 @@ class Problem:
     resolution: int | None = None  # image side in pixels (default: the U-Net's sample size times the VAE factor)
     device: str = "cpu"  # cpu, cuda, cuda:N, or auto (cuda when available)
     dtype: str | None = None  # fp32, fp16 or bf16 (None: as loaded)
+    compile: bool | None = None  # torch.compile the U-Net's step kinds (None: where benchmarks/REPORT.md found it faster)
 
     def load(self, device: str | None = None, dtype: str | None = None) -> "LoadedProblem":
         """The pipeline in memory on ``device`` in ``dtype`` (defaults: the problem's own fields)."""
@@ -98,6 +99,26 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if out is torch.float16 and device.type == "cpu":
         raise FlexnasError("fp16 runs on a GPU only: use --device cuda with --dtype fp16 (on CPU use fp32 or bf16)")
     return out
+
+
+def compile_by_default(device: torch.device) -> bool:
+    """Whether step kinds are compiled when the problem does not say (benchmarks/REPORT.md, throughput)."""
+    return device.type == "cuda"
+
+
+def compiled_forward(unet: torch.nn.Module, num_branches: int) -> Callable:
+    """``torch.compile`` of the U-Net's stock forward, traced through its kept partial-step hooks.
+
+    Dynamo guards on the hooks' mode and branch, so each step kind (FULL, PARTIAL at each
+    branch) gets its own static graph, as the DeepCache maintainers advise, and the graphs
+    live as long as the loaded problem. The recompile limit is raised to hold every kind at
+    two batch shapes (the problem's batch and a last, shorter one).
+    """
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    cfg.recompile_limit = max(cfg.recompile_limit, 4 * (num_branches + 1))
+    return torch.compile(unet.forward)
 
 
 def vae_scale_factor(vae: Any) -> int:
@@ -146,6 +167,9 @@ class LoadedProblem:
             self.vae.eval()
         self.dtype = self.unet.dtype
         self.branches = list_branches(self.unet)
+        self.partial = PartialUNet(self.unet, keep=True)
+        self.compiled = compile_by_default(self.device) if problem.compile is None else problem.compile
+        self.forward = compiled_forward(self.unet, len(self.branches)) if self.compiled else None
         cls = getattr(diffusers, problem.scheduler, None)
         if cls is None:
             raise FlexnasError(f"unknown scheduler {problem.scheduler!r}: name a diffusers scheduler class")
@@ -229,7 +253,7 @@ class LoadedProblem:
         if prefixes is not None and not is_ddim(self.scheduler):
             prefixes = None  # a multistep scheduler's state is more than the latents
         out, full = [], [s.kind is StepKind.FULL for s in plan.steps]
-        with PlanController(self.unet, self.scheduler, plan) as ctl:
+        with PlanController(self.unet, self.scheduler, plan, forward=self.forward) as ctl:
             if start % p.batch_size:
                 raise FlexnasError(f"start {start} is not a multiple of the batch size {p.batch_size}")
             for first, stop in self.batches(n):

@@ -16,7 +16,8 @@ from flexnas.report import plan_family, plot_pareto, save_grid, side_by_side
 from flexnas.measures import GROUND_TRUTH, MEASURES
 
 BASE_FIELDS = ("key", "generation", "family", "N", "strip", "macs", "macs_ratio")
-TAIL_FIELDS = ("eval_s", "sample_s", "calls", "naive_calls", "genome")
+COST_FIELDS = ("eval_s", "sample_s", "calls", "wall_s", "teacher_wall_s", "wall_ratio")  # vary run to run
+TAIL_FIELDS = (*COST_FIELDS, "naive_calls", "genome")
 
 
 def csv_fields(records: list[dict]) -> list[str]:
@@ -27,8 +28,11 @@ def csv_fields(records: list[dict]) -> list[str]:
     return [*BASE_FIELDS, *measures, *hi, *(f for f in TAIL_FIELDS if f in present)]
 
 
-def write_records(records: list[dict], stem: Path) -> None:
-    """``stem``.json (full records) and ``stem``.csv (one row each)."""
+def write_records(records: list[dict], stem: Path, costs: bool = True) -> None:
+    """``stem``.json (full records) and ``stem``.csv (one row each); ``costs=False`` leaves out timings and
+    calls made, so the files depend on the seed alone (the same seed: byte-identical files, resumed or not)."""
+    if not costs:
+        records = [{k: v for k, v in r.items() if k not in COST_FIELDS} for r in records]
     stem.with_suffix(".json").write_text(json.dumps(records, indent=1, default=str))
     with stem.with_suffix(".csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=csv_fields(records), extrasaction="ignore")
@@ -115,18 +119,23 @@ def rival(record: dict, pool: list[dict], measure: str) -> dict | None:
 
 
 def write_run_outputs(res, problem, out: Path, candidates, n_choose: int = 5, wall_images: int = 16,
-                      grid_images: int = 16, started: float | None = None) -> dict[str, Any]:
-    """Candidates, front, re-scored front, chosen plans (JSON + grids + wall-clock), Pareto plot and summary."""
+                      grid_images: int = 16, started: float | None = None, log=None) -> dict[str, Any]:
+    """Candidates, front, re-scored front, chosen plans (JSON + grids + wall-clock), Pareto plot and summary.
+
+    ``log(text)`` hears each slow stage as it starts (re-scoring, wall-clock timing, grids).
+    """
     out = Path(out)
+    log = log or (lambda text: None)
     evaluator, cfg = candidates.evaluator, problem.config
     records = sorted(problem.cache.records.values(), key=lambda r: (r["generation"], r["key"]))
     front = front_records(res, problem)
     write_records(records, out / "candidates")
-    write_records(front, out / "front")
+    write_records(front, out / "front", costs=False)
     measure, pool = cfg.objective, front
     if cfg.rescore_images:
+        log(f"re-scoring the front and the baselines on {cfg.rescore_images} images (images already sampled are reused)")
         rescored = rescore(candidates, records, front, cfg.rescore_images, cfg.goal)
-        write_records(rescored, out / "rescored")
+        write_records(rescored, out / "rescored", costs=False)
         measure = f"hi_{GROUND_TRUTH[cfg.goal]}"
         pool = [r for r in rescored if r["hi_front"]]
     plot_pareto(records, front, out / "pareto.png", cfg.objective,
@@ -138,6 +147,8 @@ def write_run_outputs(res, problem, out: Path, candidates, n_choose: int = 5, wa
     for old in [*(out / "plans").glob("plan_*.json"), *(out / "grids").glob("plan_*.png")]:
         old.unlink()  # this run's own outputs of an earlier finish (resume): replaced, not mixed
     loaded = evaluator.loaded
+    if wall_images or grid_images:
+        log(f"timing the chosen plans on {wall_images} images and drawing their grids")
     teacher_imgs = loaded.images(None, n=grid_images) if grid_images else None
     if teacher_imgs is not None:
         save_grid(teacher_imgs, out / "grids" / "teacher.png")
@@ -153,13 +164,14 @@ def write_run_outputs(res, problem, out: Path, candidates, n_choose: int = 5, wa
                                                 "macs_ratio": best["macs_ratio"]}
         if wall_images:
             w = evaluator.wall(plan, wall_images)
-            extra.update(wall_s=w, teacher_wall_s=teacher_wall, wall_ratio=w / teacher_wall)
-            r.update(wall_s=w, wall_ratio=w / teacher_wall)
+            r.update(wall_s=w, teacher_wall_s=teacher_wall, wall_ratio=w / teacher_wall)
         plan.with_meta(problem=cfg.problem, name=f"plan_{i}", **extra).save(out / "plans" / f"plan_{i}.json")
         if teacher_imgs is not None:
             side_by_side(teacher_imgs, loaded.images(plan, n=grid_images), out / "grids" / f"plan_{i}.png",
                          ("teacher", f"plan_{i}: MACs x{1 / r['macs_ratio']:.2f}, {measure} {r[measure]:.3g}"))
-    write_records(chosen, out / "chosen")
+    write_records(chosen, out / "chosen", costs=False)
+    timings = [{"file": f"plans/plan_{i}.json", **{k: r[k] for k in COST_FIELDS if k in r}} for i, r in enumerate(chosen)]
+    (out / "timings.json").write_text(json.dumps(timings, indent=1))
 
     calls = sum(r["calls"] for r in records)
     elapsed = time.time() - started if started else None

@@ -11,11 +11,14 @@ objective is what pymoo sees.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import pickle
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ from pymoo.core.callback import Callback
 from pymoo.core.problem import Problem as PymooProblem
 from pymoo.termination.max_gen import MaximumGenerationTermination
 
-from flexnas.errors import FlexnasError
+from flexnas.errors import FlexnasError, writable_folder
 from flexnas.measures import DEFAULT_MEASURE, GOALS, MEASURES, available, check_measure, score
 from flexnas.objectives import Evaluator
 from flexnas.operators import CanonicalDuplicateElimination, FlexSampling, SegmentCrossover, SegmentMutation
@@ -185,24 +188,38 @@ class EvalTask:
 
 # --------------------------------------------------------------------------- pymoo problem
 class EvalCache:
-    """Canonical genome -> result, persisted as JSON lines in the run folder."""
+    """Canonical genome -> result, persisted as JSON lines in the run folder.
+
+    Each line carries a checksum of its record: a line cut short or altered (a run killed
+    mid-write, a damaged disk) is skipped and that genome evaluated again, and a record
+    appended after a cut line starts on a line of its own.
+    """
 
     def __init__(self, path: Path):
         self.path = path
         self.records: dict[str, dict[str, Any]] = {}
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    r = json.loads(line)
-                except ValueError:
-                    continue  # a line cut short when a run was killed mid-write: evaluated again
-                if isinstance(r, dict) and "key" in r:
-                    self.records[r["key"]] = r
+        data = path.read_bytes() if path.is_file() else b""
+        for line in data.decode("utf-8", "replace").splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(r, dict) and "key" in r and r.pop("check", None) in (None, _checksum(r)):
+                self.records[r["key"]] = r
+        self._newline = bool(data) and not data.endswith(b"\n")
 
     def add(self, record: dict[str, Any]) -> None:
         self.records[record["key"]] = record
+        line = json.dumps({**record, "check": _checksum(record)}) + "\n"
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write("\n" + line if self._newline else line)
+            f.flush()
+            os.fsync(f.fileno())
+        self._newline = False
+
+
+def _checksum(record: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def genome_key(x: np.ndarray) -> str:
@@ -226,13 +243,13 @@ class FlexProblem(PymooProblem):
 
     def attach(self, runner: Any = None, threads: int | None = None) -> None:
         """(Re)connect what a pickle does not carry: the runner and the evaluation cache."""
-        self.runner = runner
+        self.runner, self.progress = runner, None
         self.task = EvalTask(self.config, self.space, threads=1 if runner is not None else threads)
         self.cache = EvalCache(self.run_dir / "evaluations.jsonl")
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for k in ("runner", "cache", "task"):
+        for k in ("runner", "cache", "task", "progress"):
             state.pop(k, None)
         return state
 
@@ -241,8 +258,17 @@ class FlexProblem(PymooProblem):
         with a damaged or deleted ``evaluations.jsonl``: the feature store makes that cheap)."""
         todo = sorted({k for k in keys if k not in self.cache.records})
         genomes = [np.array([int(v) for v in k.split(",")]) for k in todo]
-        results = self.runner(self.task, genomes) if self.runner is not None and genomes else \
-            [self.task(g) for g in genomes]
+        progress = getattr(self, "progress", None)
+        if progress is not None:
+            progress.start(len(set(keys)), len(set(keys)) - len(todo))
+        if self.runner is not None and genomes:
+            results = self.runner(self.task, genomes)
+        else:
+            results = []
+            for g in genomes:
+                results.append(self.task(g))
+                if progress is not None:
+                    progress.step()
         for key, g, r in zip(todo, genomes, results):
             plan = self.space.decode(g)
             self.cache.add({"key": key, "generation": self.generation, "genome": [int(v) for v in g],
@@ -284,16 +310,55 @@ def make_algorithm(space: SearchSpace, config: SearchConfig):
 
 
 # --------------------------------------------------------------------------- checkpoints
-class Checkpoint(Callback):
-    """After every generation: pickle the algorithm atomically and update the progress bar."""
+class Progress:
+    """What a person follows: generations done, plans evaluated in the current one (with cache hits
+    and an ETA), and the front's best plan that is not the teacher."""
 
-    def __init__(self, path: Path, progress: bool = True):
+    def __init__(self, gens: int, done: int, label: str):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=gens, initial=min(done, gens), desc=label, unit="gen", dynamic_ncols=True)
+        self.front = ""
+        self.start(0, 0)
+
+    def start(self, asked: int, cached: int) -> None:
+        self.asked, self.cached, self.done, self.t0 = asked, cached, 0, time.time()
+        self._show()
+
+    def step(self) -> None:
+        self.done += 1
+        self._show()
+
+    def _show(self) -> None:
+        left = self.asked - self.cached - self.done
+        eta = f" eta {(time.time() - self.t0) / self.done * left:.0f}s" if self.done and left else ""
+        self.bar.set_postfix_str(f"plans {self.cached + self.done}/{self.asked} ({self.cached} cached){eta}"
+                                 f"{self.front}", refresh=True)
+
+    def generation_done(self, algorithm) -> None:
+        F, obj = algorithm.opt.get("F"), algorithm.problem.config.objective
+        fast = F[F[:, 1] < 1 - 1e-9] if F.shape[1] > 1 else F  # NSGA-II: leave out the teacher (MACs ratio 1)
+        if len(fast):
+            best = fast[np.argmin(fast[:, 0])]
+            at = f" at {1 / best[1]:.1f}x MACs" if F.shape[1] > 1 else ""
+            self.front = f" · front {len(F)}, best non-teacher {obj} {best[0]:.4g}{at}"
+        self.bar.update(1)
+        self._show()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class Checkpoint(Callback):
+    """After every generation: pickle the algorithm atomically (and tell the progress display)."""
+
+    def __init__(self, path: Path, progress: Progress | None = None):
         super().__init__()
-        self.path, self.progress, self.bar, self.t0 = path, progress, None, time.time()
+        self.path, self.progress = path, progress
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["bar"] = None
+        state["progress"] = None
         return state
 
     def notify(self, algorithm) -> None:
@@ -303,11 +368,8 @@ class Checkpoint(Callback):
         with tmp.open("wb") as f:
             cloudpickle.dump(algorithm, f)  # pymoo's GA holds local functions plain pickle refuses
         os.replace(tmp, self.path)
-        if self.bar is not None:
-            F = algorithm.opt.get("F")
-            self.bar.set_postfix_str(f"best {problem.config.objective} {np.min(F[:, 0]):.4g}  front {len(F)}  "
-                                     f"elapsed {time.time() - self.t0:.0f}s", refresh=False)
-            self.bar.update(1)
+        if self.progress is not None:
+            self.progress.generation_done(algorithm)
 
 
 def load_checkpoint(path: Path):
@@ -356,26 +418,108 @@ class _Closer:
             self.cluster.close()
 
 
-def prepare_run_dir(out: Path, resume: bool) -> None:
-    if resume:
-        if not out.is_dir():
-            raise FlexnasError(f"--resume: run folder {out} does not exist")
-        return
-    if out.exists() and not out.is_dir():
-        raise FlexnasError(f"--out {out} is a file: give a folder")
-    if out.exists() and any(out.iterdir()):
-        raise FlexnasError(f"run folder {out} already exists: pass --resume to continue it, or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+LOCK = ".lock"  # pid and host of the process writing the run folder
+
+
+def _owner(lock: Path) -> tuple[int, str] | None:
+    try:
+        pid, host = lock.read_text().split()[:2]
+        return int(pid), host
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _held(lock: Path) -> bool:
+    """Whether the lock's owner may still run (another host's, or a live process here)."""
+    import socket
+
+    owner = _owner(lock)
+    return owner is not None and (owner[1] != socket.gethostname() or _alive(owner[0]))
+
+
+@contextmanager
+def run_folder(out: Path, resume: bool):
+    """The run folder, checked (new: absent or empty; ``resume``: present) and locked for this process.
+
+    The lock file holds the owner's pid and host; a lock whose process is gone (killed) is stale
+    and taken over. A folder this call created is removed again if it ends empty (a failed start).
+    """
+    import socket
+
+    if resume and not out.is_dir():
+        raise FlexnasError(f"--resume: run folder {out} does not exist")
+    if not resume:
+        if out.exists() and not out.is_dir():
+            raise FlexnasError(f"--out {out} is a file: give a folder")
+        if out.exists() and any(p.name != LOCK or _held(p) for p in out.iterdir()):
+            raise FlexnasError(f"run folder {out} already exists: pass --resume to continue it, or choose another --out")
+    created = not out.exists()
+    writable_folder(out)
+    lock, me = out / LOCK, f"{os.getpid()} {socket.gethostname()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            owner = _owner(lock)
+            if _held(lock):
+                raise FlexnasError(f"run folder {out} is in use by process {owner[0]} on {owner[1]}: wait for it to "
+                                   f"finish (or stop it), or remove {lock} if that process is gone") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me + "\n")
+        break
+    else:
+        raise FlexnasError(f"cannot lock run folder {out}: another process keeps taking it")
+    try:
+        yield out
+    finally:
+        if _owner(lock) == (os.getpid(), socket.gethostname()):
+            lock.unlink(missing_ok=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+
+
+# a resumed run keeps its settings: options that would change them are refused (CLI flag of each field)
+RESUME_FLAGS = {"problem": "--problem/--model", "algorithm": "--algorithm", "pop": "--pop", "seed": "--seed",
+                "macs_budget": "--macs-budget", "images": "--images", "goal": "--goal", "objective": "--objective",
+                "skip": "--paper-space", "rescore_images": "--rescore-images", "segments": "--segments",
+                "branches": "--branches", "null_mode": "--null-mode", "extractor": "--extractor",
+                "extractor_weights": "--inception-weights", "overrides": "the model options (--steps, --model, ...)"}
+
+
+def check_resume_options(given: SearchConfig, saved: SearchConfig) -> None:
+    """Refuse a resume whose options (other than ``gens`` and those left at their defaults) differ from the run's."""
+    default = SearchConfig()
+    for name, flag in RESUME_FLAGS.items():
+        mine, theirs = getattr(given, name), getattr(saved, name)
+        if mine != theirs and mine != getattr(default, name):
+            raise FlexnasError(f"--resume: {flag} {mine} conflicts with this run's {theirs}; a resumed run keeps its "
+                               "settings (only --gens may change): drop the option or start a new --out")
 
 
 def run_search(config: SearchConfig, out: Path, resume: bool = False, workers: int | None = None,
                dask: str | None = None, progress: bool = True, threads: int | None = None):
-    """Run (or resume) a search into ``out``; returns the pymoo result."""
-    from tqdm.auto import tqdm
+    """Run (or resume) a search into ``out`` (locked meanwhile); returns the pymoo result and the FlexProblem."""
 
     config.validate()
     out = Path(out)
-    prepare_run_dir(out, resume)
+    with run_folder(out, resume):
+        return _run(config, out, resume, workers, dask, progress, threads)
+
+
+def _run(config: SearchConfig, out: Path, resume: bool, workers: int | None, dask: str | None, progress: bool,
+         threads: int | None):
     ckpt_path = out / "checkpoint.pkl"
     if resume and not ckpt_path.is_file() and (out / "run.json").is_file():
         # stopped before its first checkpoint: start over with the run's own settings (known
@@ -385,8 +529,11 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, workers: i
         except (ValueError, KeyError, TypeError):
             raise FlexnasError(f"no checkpoint in {out} and its run.json is unreadable: nothing to resume "
                                "(start a new run in another --out)") from None
+        check_resume_options(config, saved)
         saved.gens, config, resume = config.gens, saved, False
     algorithm = load_checkpoint(ckpt_path) if resume else None
+    if resume:
+        check_resume_options(config, algorithm.problem.config)
     if resume and config.gens < algorithm.n_gen:
         raise FlexnasError(f"--gens {config.gens}: this run has done {algorithm.n_gen} generations already; "
                            "a resumed run can only grow")
@@ -417,15 +564,18 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, workers: i
                                                      default=str))
         evaluator = CandidateEvaluator.get(config, threads).evaluator
         # the teacher's features are computed once, here, before any worker needs them
-        CandidateEvaluator.get(config, threads).evaluate(evaluator.loaded.problem.teacher_plan())
+        cand, teacher = CandidateEvaluator.get(config, threads), evaluator.loaded.problem.teacher_plan()
+        if progress and not cand.store.has(teacher, evaluator.n):
+            print(f"sampling the teacher ({teacher.T} steps) on {evaluator.n} images; its features are stored for "
+                  "later runs", file=sys.stderr, flush=True)
+        cand.evaluate(teacher)
         problem.attach(runner, threads)
         from pymoo.optimize import minimize
 
-        cb = Checkpoint(ckpt_path, progress)
         done = algorithm.n_gen if resume and algorithm.n_gen else 0
-        if progress:
-            cb.bar = tqdm(total=config.gens, initial=min(done, config.gens), desc=f"{config.algorithm} gens",
-                          unit="gen", dynamic_ncols=True)
+        bar = Progress(config.gens, done, f"{config.algorithm} gens") if progress else None
+        cb = Checkpoint(ckpt_path, bar)
+        problem.progress = bar
         if resume:
             algorithm.callback = cb
             algorithm.termination = MaximumGenerationTermination(config.gens)
@@ -437,8 +587,8 @@ def run_search(config: SearchConfig, out: Path, resume: bool = False, workers: i
         else:
             res = minimize(problem, algorithm, MaximumGenerationTermination(config.gens), seed=config.seed,
                            callback=cb, copy_algorithm=False, verbose=False)
-        if cb.bar is not None:
-            cb.bar.close()
+        if bar is not None:
+            bar.close()
     finally:
         if closer is not None:
             closer.close()

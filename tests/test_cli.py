@@ -62,6 +62,8 @@ def test_branches_lists_six_skips(capsys):
     (["--segments", "10", "--interval", "3"], "needs a branch"),
     (["--deepcache", "5"], "needs --branch"),
     (["--teacher", "--steps", "10"], "exactly one of"),
+    (["--steps", "0"], "--steps 0 must divide"),
+    (["--teacher", "--base-steps", "0"], "--base-steps must be positive"),
 ])
 def test_plan_bad_input_is_one_line(capsys, args, message):
     rc, out, err = run(capsys, "plan", "--problem", "fashion-mnist", *args)
@@ -86,6 +88,67 @@ def test_show_malformed_plan_is_one_line(capsys, tmp_path, text, message):
     path.write_text(text)
     rc, _, err = run(capsys, "show", str(path))
     assert rc == 2 and len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+PLAN_HEAD = '{"format": "flexnas-plan", "version": 1, '
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"\x89PNG\r\n\x1a\n" + bytes(range(256)), "not UTF-8 text"),
+    ('{"format": "flexnas-plan"}'.encode("utf-16"), "not UTF-8 text"),
+    (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
+    ((PLAN_HEAD + '"scheduler": "DDIMScheduler", "T": 1000000000, "segments": [{"interval": 1}]}').encode(),
+     "T=1000000000 base steps is more than"),
+    ((PLAN_HEAD + '"scheduler": null, "T": 10, "segments": [{"interval": 1}]}').encode(), "'scheduler' must name"),
+])
+def test_unreadable_plans_are_one_line(capsys, tmp_path, data, message):
+    path = tmp_path / "bad.json"
+    path.write_bytes(data)
+    rc, _, err = run(capsys, "show", str(path))
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+def test_plan_for_another_schedule_names_the_flags(capsys, tmp_path):
+    path = tmp_path / "p.json"
+    Plan.step_reduction("DDIMScheduler", 50, 10).save(path)
+    for command in (["show", str(path)], ["evaluate", "--plan", str(path)],
+                    ["sample", "--plan", str(path), "--out", str(tmp_path / "x.png")]):
+        rc, _, err = run(capsys, *command, "--problem", "fashion-mnist")
+        assert rc == 2 and len(err.strip().splitlines()) == 1, err
+        assert "T=50" in err and "--base-steps 50" in err, err
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("where", ["file_parent", "proc"])
+def test_unwritable_out_is_one_line_before_any_work(capsys, tmp_path, where):
+    (tmp_path / "file").write_text("x")
+    parent = tmp_path / "file" if where == "file_parent" else __import__("pathlib").Path("/proc/nope")
+    for command in (["plan", "--teacher", "--out", str(parent / "p.json")],
+                    ["sample", "--out", str(parent / "s.png")]):
+        rc, out, err = run(capsys, *command, "--problem", "fashion-mnist")
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and "cannot write into" in err, err
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_size_limits_are_checked_first(capsys, tmp_path):
+    rc, _, err = run(capsys, "--threads", "100000", "plan", "--problem", "fashion-mnist", "--teacher")
+    assert rc == 2 and "--threads 100000 is more than" in err
+    rc, _, err = run(capsys, "sample", "--problem", "fashion-mnist", "--images", "1000000000",
+                     "--out", str(tmp_path / "x.png"))
+    assert rc == 2 and "--images 1000000000 is over the limit" in err and not (tmp_path / "x.png").exists()
+
+
+def test_broken_pipe_ends_quietly():
+    """`flexnas plan ... | head -c 0`: the reader is gone before the first write; no traceback, no
+    'Exception ignored', the status a shell reports for SIGPIPE."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "flexnas.cli", "plan", "--problem", "fashion-mnist", "--teacher",
+                             "--base-steps", "1000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err
 
 
 def test_unknown_problem_is_one_line(capsys):

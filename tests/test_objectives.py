@@ -334,7 +334,7 @@ def test_partial_macs_monotonic_and_match_flop_counter(loaded, fwd_inputs):
 
     # PARTIAL forwards counted by fvcore (conv + linear + attention) match FlopCounterMode on the real forward
     fwd, inputs = fwd_inputs
-    with PartialUNet(loaded.unet) as pu:
+    with PartialUNet.use(loaded.unet) as pu:
         for b in (0, branches[-1]):
             pu.full()
             with torch.no_grad():

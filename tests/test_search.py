@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ import torch
 from flexnas.cli import main
 from flexnas.plan import Plan, Segment
 from flexnas.problem import PrefixStore
-from flexnas.search import CandidateEvaluator, EvalTask, FlexProblem, SearchConfig, load_checkpoint, run_search
+from flexnas.search import CandidateEvaluator, EvalCache, EvalTask, FlexProblem, SearchConfig, load_checkpoint, run_search
 from flexnas.space import SearchSpace
 
 TESTS = Path(__file__).resolve().parent
@@ -32,7 +33,7 @@ OVERRIDES = {"T": 10, "num_images": 8, "batch_size": 8}
 PNG = b"\x89PNG\r\n\x1a\n"
 OUTPUTS = ("candidates.csv", "candidates.json", "front.csv", "front.json", "chosen.csv", "chosen.json",
            "plans/plan_0.json", "pareto.png", "grids/teacher.png", "grids/plan_0.png", "checkpoint.pkl",
-           "evaluations.jsonl", "run.json", "summary.json")
+           "evaluations.jsonl", "run.json", "summary.json", "timings.json")
 
 
 def snapshot_pipeline(dst: Path) -> Path:
@@ -136,12 +137,15 @@ def check_outputs(out: Path, algorithm: str) -> dict:
     space = SearchSpace(**{k: tuple(v) if isinstance(v, list) else v
                            for k, v in json.loads((out / "run.json").read_text())["space"].items()})
     assert space.T == 10 and space.Ns == (2, 5, 10)
+    timings = json.loads((out / "timings.json").read_text())
+    assert [t["file"] for t in timings] == summary["chosen"]
     for i, r in enumerate(chosen):
         plan = Plan.load(out / "plans" / f"plan_{i}.json")
+        assert not {"eval_s", "sample_s", "calls", "wall_s"} & set(r)  # only what the seed determines
         assert plan == Plan.from_dict(r["plan"]) == space.decode(np.array(r["genome"]))
         assert plan.meta["rfid"] == r["rfid"] and plan.meta["macs_ratio"] == r["macs_ratio"]
         assert r["rival"] is None or r["rival"]["macs_ratio"] <= r["macs_ratio"]
-        assert plan.meta["wall_s"] > 0 and plan.meta["wall_ratio"] > 0
+        assert timings[i]["wall_s"] > 0 and timings[i]["wall_ratio"] == timings[i]["wall_s"] / timings[i]["teacher_wall_s"]
         assert (out / "grids" / f"plan_{i}.png").read_bytes()[:8] == PNG
     for r in records:  # every record's genome is canonical, its plan is the decoded genome
         g = np.array(r["genome"])
@@ -193,6 +197,8 @@ def test_resume_equals_uninterrupted_run(nsga_run, tmp_path):
 
     assert cli(search_argv(a, "--gens", "2", "--resume")) == 0
     assert front_of(a) == front_of(nsga_run)
+    for name in ("front.json", "front.csv", "chosen.json", "chosen.csv", "plans/plan_0.json"):
+        assert (a / name).read_bytes() == (nsga_run / name).read_bytes(), name  # the seed's files, byte for byte
     assert evaluated_of(a) == evaluated_of(nsga_run)
     assert load_checkpoint(a / "checkpoint.pkl").n_gen == 2
     sa, sb = (json.loads((r / "summary.json").read_text()) for r in (a, nsga_run))
@@ -243,6 +249,38 @@ def test_resume_rebuilds_lost_evaluation_records(nsga_run, tmp_path, damage):
         ev.write_text(text[: len(text) // 2])
     assert cli(search_argv(run, "--resume")) == 0
     assert front_of(run) == front_of(nsga_run)
+
+
+def test_evaluation_records_survive_cuts_and_damage(tmp_path):
+    """A cut last line is skipped and the next record keeps a line of its own; an altered record fails
+    its checksum and is dropped (evaluated again), while whole records are all kept."""
+    path = tmp_path / "evaluations.jsonl"
+    cache = EvalCache(path)
+    for i in range(3):
+        cache.add({"key": str(i), "rfid": float(i)})
+    lines = path.read_text().splitlines()
+    path.write_text(lines[0] + "\n" + lines[1].replace('"rfid": 1.0', '"rfid": 0.5') + "\n" + lines[2][:20])
+    cache = EvalCache(path)
+    assert set(cache.records) == {"0"}
+    cache.add({"key": "3", "rfid": 3.0})
+    assert set(EvalCache(path).records) == {"0", "3"} and EvalCache(path).records["3"] == {"key": "3", "rfid": 3.0}
+
+
+@pytest.mark.parametrize("delay", [3.0, 6.0, 9.0])
+def test_killed_search_resumes_to_the_same_front(nsga_run, tmp_path, delay):
+    """SIGKILL at some moment (model loading, mid-generation, mid-output), then the same command with
+    --resume (or again, if the run never started): the same front, byte for byte."""
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "flexnas.cli", *search_argv(run)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    proc.kill()
+    proc.wait()
+    started = (run / "run.json").is_file()
+    assert cli(search_argv(run, *(["--resume"] if started else []))) == 0
+    for name in ("front.json", "front.csv"):
+        assert (run / name).read_bytes() == (nsga_run / name).read_bytes(), name
+    assert not (run / ".lock").exists()
 
 
 def test_resume_cannot_shrink_gens(nsga_run, tmp_path, capsys):
@@ -439,12 +477,51 @@ def assert_one_error_line(capsys) -> str:
     (["--rescore-images", "4"], "--rescore-images"),
     (["--scheduler", "PNDMScheduler", "--null-mode", "drop"], "cannot drop timesteps"),
     (["--dask", "foo://bar"], "cannot reach the Dask scheduler"),
+    (["--segments", "3"], "do not divide T=10"),
+    (["--branches", "99"], "branch"),
+    (["--images", "100000000"], "over the limit"),
+    (["--extractor", "no-such-extractor"], "extractor"),
 ])
 def test_bad_search_input(tmp_path, capsys, extra, words):
+    """One line, and nothing created: a failed start leaves no run folder behind."""
     out = tmp_path / "run"
     assert cli(search_argv(out, *extra)) == 2
     assert words in assert_one_error_line(capsys)
-    assert not out.exists() or not any(out.iterdir())
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, flag", [
+    (["--pop", "8"], "--pop"),
+    (["--seed", "5"], "--seed"),
+    (["--objective", "fid_to_real"], "--objective"),
+    (["--steps", "20"], "model options"),
+])
+def test_resume_refuses_conflicting_options(nsga_run, tmp_path, capsys, extra, flag):
+    run = tmp_path / "run"
+    shutil.copytree(nsga_run, run)
+    before = snapshot(run)
+    assert cli(search_argv(run, "--resume", *extra)) == 2
+    line = assert_one_error_line(capsys)
+    assert flag in line and "conflicts" in line
+    assert snapshot(run) == before
+
+
+def test_a_locked_run_folder_is_refused_and_a_stale_lock_taken_over(nsga_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(nsga_run, run)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / ".lock").write_text(f"{holder.pid} {socket.gethostname()}\n")
+        before = snapshot(run)
+        assert cli(search_argv(run, "--resume")) == 2
+        assert f"in use by process {holder.pid}" in assert_one_error_line(capsys)
+        assert snapshot(run) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is stale, the resume takes it over and releases it at the end
+    assert cli(search_argv(run, "--resume")) == 0
+    assert not (run / ".lock").exists() and front_of(run) == front_of(nsga_run)
 
 
 def test_existing_out_is_never_overwritten(tmp_path, capsys):

@@ -47,7 +47,10 @@ def load_classifier(folder: Path = CLASSIFIER_DIR) -> Any:
     return load_pretrained(FashionClassifier, folder).eval()
 
 
-def make_problem(**overrides: Any) -> Problem:
+def make_problem(model: str | Path | None = None, **overrides: Any) -> Problem:
+    """The embedded problem; ``model`` (``--model DIR``): its settings on another DDPMPipeline folder."""
+    import functools
+
     import problems.fashion_mnist.features  # noqa: F401 - registers the extractor with torch-fidelity
 
     kw: dict[str, Any] = dict(
@@ -63,5 +66,7 @@ def make_problem(**overrides: Any) -> Problem:
         real_statistics=REAL_STATISTICS,
         description="pixel DDPM (UNet2DModel, 28x28, 2.7M params) trained on Fashion-MNIST; DDIM 100",
     )
+    if model is not None:
+        kw["load_pipeline"] = functools.partial(load_pipeline, Path(model))
     kw.update(overrides)
     return Problem(**kw)
