@@ -12,26 +12,26 @@ the ``compare`` section of ``benchmarks/REPORT.md``, its figures and ``results/c
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from benchmarks.common import REPORT, RESULTS, machine, save_json, write_section  # noqa: E402
-from benchmarks.study import choose_measures, objective_study  # noqa: E402
-from flexnas.errors import report_errors  # noqa: E402
-from flexnas.measures import GROUND_TRUTH  # noqa: E402
-from flexnas.plan import Plan  # noqa: E402
-from flexnas.report import plan_family  # noqa: E402
-from flexnas.results import nondominated  # noqa: E402
-from flexnas.search import CandidateEvaluator, SearchConfig, run_search  # noqa: E402
-from flexnas.space import SearchSpace  # noqa: E402
+from benchmarks.common import REPORT, RESULTS, machine, save_json, write_section
+from benchmarks.study import choose_measures, objective_study
+from flexnas.errors import report_errors
+from flexnas.measures import GROUND_TRUTH
+from flexnas.plan import Plan
+from flexnas.report import plan_family
+from flexnas.results import nondominated
+from flexnas.candidates import CandidateEvaluator
+from flexnas.config import SearchConfig
+from flexnas.search import run_search
+from flexnas.space import SearchSpace
 
 
 @dataclass

@@ -12,20 +12,19 @@ plan's images come from the shared feature store.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from benchmarks.common import REPORT, RESULTS, machine, save_json, write_section  # noqa: E402
-from flexnas.errors import report_errors  # noqa: E402
-from flexnas.measures import score  # noqa: E402
-from flexnas.plan import Plan, Segment  # noqa: E402
-from flexnas.search import CandidateEvaluator, SearchConfig  # noqa: E402
+from benchmarks.common import REPORT, RESULTS, machine, save_json, write_section
+from flexnas.errors import report_errors
+from flexnas.measures import score
+from flexnas.plan import Plan, Segment
+from flexnas.candidates import CandidateEvaluator
+from flexnas.config import SearchConfig
 
 
 def on_grid(sch: str, T: int, positions) -> Plan:

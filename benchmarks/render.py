@@ -163,7 +163,7 @@ def render(out: dict, figures: Path, report: Path) -> str:
     lines += [""] + [f"![{n}]({rel}/{n})" for n in figures_of(out, figures)]
     lines += ["", "### Targets", "", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {x['target']} | {x['measured']} | {'yes' if x['met'] else 'no'} |" for x in out["targets"]]
-    lines += ["", f"### Fidelity: each baseline against the searched plans (paired distance to the teacher)", "",
+    lines += ["", "### Fidelity: each baseline against the searched plans (paired distance to the teacher)", "",
               "| baseline | images | paired | wall speed-up | searched plan at least as fast with lower paired |",
               "|---|---|---|---|---|"]
     for r in t["fidelity"]:

@@ -9,14 +9,12 @@ few minutes on tiny settings (its numbers mean nothing).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from benchmarks import compare, teacher_quality  # noqa: E402
-from benchmarks.common import REPORT, RESULTS  # noqa: E402
+from benchmarks import compare, teacher_quality
+from benchmarks.common import REPORT, RESULTS
 
 
 def main(argv: list[str] | None = None) -> int:

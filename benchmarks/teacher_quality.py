@@ -9,22 +9,20 @@ FID is computed by torch-fidelity in the classifier's feature space between teac
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from benchmarks.common import REPORT, RESULTS, machine, save_json, write_section  # noqa: E402
-from flexnas.errors import report_errors  # noqa: E402
-from flexnas.measures import fid, statistics  # noqa: E402
-from flexnas.objectives import to_uint8_rgb  # noqa: E402
-from flexnas.problem import get_problem  # noqa: E402
-from flexnas.report import save_grid  # noqa: E402
+from benchmarks.common import REPORT, RESULTS, machine, save_json, write_section
+from flexnas.errors import report_errors
+from flexnas.measures import fid, statistics
+from flexnas.features import to_uint8_rgb
+from flexnas.registry import get_problem
+from flexnas.report import save_grid
 
 GRID = Path(__file__).resolve().parents[1] / "docs" / "teacher_grid.png"
 

@@ -16,22 +16,20 @@ Records the device; runs on a GPU when one is present.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # noqa: E402
+import torch
 
-from benchmarks.common import REPORT, RESULTS, machine, save_json, write_section  # noqa: E402
-from flexnas.errors import report_errors  # noqa: E402
-from flexnas.macs import MacCounter  # noqa: E402
-from flexnas.objectives import measure_wall  # noqa: E402
-from flexnas.partial import PartialUNet  # noqa: E402
-from flexnas.plan import Plan  # noqa: E402
-from flexnas.problem import get_problem  # noqa: E402
+from benchmarks.common import REPORT, RESULTS, machine, save_json, write_section
+from flexnas.errors import report_errors
+from flexnas.macs import MacCounter
+from flexnas.objectives import measure_wall
+from flexnas.partial import PartialUNet
+from flexnas.plan import Plan
+from flexnas.registry import get_problem
 
 
 def per_step(loaded, compiled: bool, repeats: int) -> dict[str, dict]:

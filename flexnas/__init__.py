@@ -14,8 +14,8 @@ _EXPORTS = {
     "apply": "flexnas.pipeline", "Plan": "flexnas.plan", "Segment": "flexnas.plan", "Step": "flexnas.plan",
     "StepKind": "flexnas.plan", "PlanController": "flexnas.engine", "StepCounter": "flexnas.engine",
     "FlexnasError": "flexnas.errors", "PartialUNet": "flexnas.partial", "list_branches": "flexnas.partial",
-    "Problem": "flexnas.problem", "get_problem": "flexnas.problem", "Conditioning": "flexnas.sampler",
-    "sample": "flexnas.sampler", "SearchSpace": "flexnas.space", "rfid": "flexnas.objectives",
+    "Problem": "flexnas.problem", "get_problem": "flexnas.registry", "Conditioning": "flexnas.sampler",
+    "sample": "flexnas.sampler", "SearchSpace": "flexnas.space",
     "Evaluator": "flexnas.objectives", "MacCounter": "flexnas.macs",
     "problem_from_pretrained": "flexnas.pretrained", "ClipScorer": "flexnas.clip",
 }

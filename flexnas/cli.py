@@ -90,7 +90,8 @@ def _problem_spec(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
 
 
 def _load(args: argparse.Namespace):
-    from flexnas.problem import get_problem, resolve_device, resolve_dtype
+    from flexnas.problem import resolve_device, resolve_dtype
+    from flexnas.registry import get_problem
 
     spec, overrides = _problem_spec(args)
     problem = get_problem(spec, **overrides)
@@ -276,7 +277,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     import time
 
     from flexnas.results import write_run_outputs
-    from flexnas.search import CandidateEvaluator, SearchConfig, run_folder, run_search
+    from flexnas.candidates import CandidateEvaluator
+    from flexnas.config import SearchConfig
+    from flexnas.runfolder import run_folder
+    from flexnas.search import run_search
 
     if args.workers is not None and args.workers < 1:
         raise FlexnasError(f"--workers must be at least 1, got {args.workers}")
@@ -352,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
         return sp
 
-    def problem_arg(sp: argparse.ArgumentParser, required: bool = True, steps_flag: bool = True) -> None:
+    def problem_arg(sp: argparse.ArgumentParser, steps_flag: bool = True) -> None:
         """--problem and/or --model (one of them is required, checked in _problem_spec) and the model options."""
         sp.add_argument("--problem", default=None,
                         help="registered problem name (fashion-mnist, ddpm-cifar10, ldm-celebahq, sd15) or "
@@ -390,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("show", "print a plan's step strip, counts and MACs ratio")
     sp.add_argument("plan")
-    problem_arg(sp, required=False)
+    problem_arg(sp)
 
     sp = add("branches", "list a problem's skip branches")
     problem_arg(sp)

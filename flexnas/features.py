@@ -23,6 +23,12 @@ INCEPTION = "inception-v3-compat"
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 
 
+def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] ``[N, C, H, W]`` to uint8 ``[N, 3, H, W]`` (grayscale repeated)."""
+    x = (images.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    return x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x[:, :3]
+
+
 def register_extractor(name: str, cls: type) -> None:
     """Register ``cls`` with torch-fidelity under ``name`` (idempotent)."""
     if FEATURE_EXTRACTORS_REGISTRY.get(name) is not cls:

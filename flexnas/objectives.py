@@ -18,7 +18,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from flexnas.errors import FlexnasError
@@ -27,12 +26,6 @@ from flexnas.macs import MacCounter, cache_dir
 from flexnas.plan import Plan
 from flexnas.problem import LoadedProblem, Problem
 
-
-
-def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] ``[N, C, H, W]`` to uint8 ``[N, 3, H, W]`` (grayscale repeated)."""
-    x = (images.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    return x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x[:, :3]
 
 
 def measure_wall(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float:

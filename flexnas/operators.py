@@ -10,6 +10,7 @@ import numpy as np
 from pymoo.core.crossover import Crossover
 from pymoo.core.duplicate import DuplicateElimination
 from pymoo.core.mutation import Mutation
+from pymoo.core.variable import get
 from pymoo.core.sampling import Sampling
 
 from flexnas.space import SearchSpace
@@ -54,10 +55,14 @@ class FlexSampling(Sampling):
 
 
 class SegmentMutation(Mutation):
-    """Redraws whole segments' (branch, interval) jointly, or changes N and re-maps segments."""
+    """Redraws whole segments' (branch, interval) jointly, or changes N and re-maps segments.
 
-    def __init__(self, prob: float = 1.0, prob_change_n: float = 0.2, **kwargs):
-        super().__init__(prob=prob, **kwargs)
+    ``prob_var`` is the chance each segment is redrawn (pymoo's per-variable rate; None: 1/N,
+    one segment on average); one segment always changes.
+    """
+
+    def __init__(self, prob: float = 1.0, prob_var: float | None = None, prob_change_n: float = 0.2, **kwargs):
+        super().__init__(prob=prob, prob_var=prob_var, **kwargs)
         self.prob_change_n = prob_change_n
 
     def _do(self, problem, X, *args, random_state=None, **kwargs):
@@ -73,7 +78,7 @@ class SegmentMutation(Mutation):
                 others = [m for m in sp.Ns if m != n]
                 out[i] = sp.remap(x, others[int(rng.integers(len(others)))])
                 continue
-            redraw = rng.random(n) < 1.0 / n
+            redraw = rng.random(n) < (1.0 / n if self.prob_var is None else float(get(self.prob_var)))
             forced = int(can[rng.integers(len(can))]) if len(can) else int(rng.integers(n))
             redraw[forced] = True
             b, k = b.copy(), k.copy()

@@ -1,17 +1,13 @@
 """Problems: a model plus everything needed to sample and score it the same way every time.
 
-Problem definitions live outside the library (``problems/`` or any package) and reach
-flexnas through the ``flexnas.problems`` entry-point group, or as ``module:function``.
+``Problem`` is the spec (pure settings); ``LoadedProblem`` is that spec with its pipeline in
+memory. Finding a problem by name is ``flexnas.registry``'s job.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import importlib
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,8 +18,6 @@ from flexnas.errors import FlexnasError
 from flexnas.partial import PartialUNet, list_branches
 from flexnas.plan import Plan, StepKind
 from flexnas.sampler import Conditioning, initial_noise, sample, to_images
-
-ENTRY_POINT_GROUP = "flexnas.problems"
 
 
 @dataclass
@@ -234,7 +228,7 @@ class LoadedProblem:
 
     @torch.no_grad()
     def latents(self, plan: Plan | None, n: int | None = None, seed: int | None = None,
-                counter: StepCounter | None = None, prefixes: "PrefixStore | None" = None,
+                counter: StepCounter | None = None, prefixes: Any = None,
                 start: int = 0) -> torch.Tensor:
         """Final latents of images ``start..n`` under ``plan`` (None = teacher), from the problem's fixed noise.
 
@@ -289,94 +283,3 @@ class LoadedProblem:
                counter: StepCounter | None = None) -> torch.Tensor:
         """Images in [0, 1], shape [n, C, H, W] (float32, on the CPU)."""
         return self.decode(self.latents(plan, n, seed, counter))
-
-
-class PrefixStore:
-    """Latents before FULL steps, keyed by the steps that led there (LRU, bounded in bytes).
-
-    Candidates whose step sequences agree up to a FULL step share the sampler state there:
-    the FULL step refills the feature cache, so only the latents (and the generator state,
-    for stochastic samplers) need storing. Keys are step sequences, not segments, so plans
-    of different N (or with skipped segments) share too.
-    """
-
-    def __init__(self, max_bytes: int = 512 * 2**20):
-        self.max_bytes, self.bytes = max_bytes, 0
-        self._items: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self.hits = 0
-        self.steps_saved = 0  # base steps not re-run thanks to a hit
-
-    @staticmethod
-    def _key(plan: Plan, i: int, batch_key: tuple) -> tuple:
-        return (plan.scheduler, plan.T, plan.null_mode, plan.steps[:i], batch_key)
-
-    def put(self, plan: Plan, i: int, batch_key: tuple, x: torch.Tensor, g_state: torch.Tensor) -> None:
-        key = self._key(plan, i, batch_key)
-        if key in self._items:
-            self._items.move_to_end(key)
-            return
-        x = x.detach().clone()
-        self._items[key] = (x, g_state)
-        self.bytes += x.numel() * x.element_size()
-        while self.bytes > self.max_bytes and self._items:
-            _, (old, _) = self._items.popitem(last=False)
-            self.bytes -= old.numel() * old.element_size()
-
-    def longest(self, plan: Plan, batch_key: tuple) -> tuple[int, torch.Tensor, torch.Tensor] | None:
-        """(base step, latents, generator state) at the latest stored FULL step of ``plan``."""
-        steps = plan.steps
-        for i in range(len(steps) - 1, 0, -1):
-            if steps[i].kind is not StepKind.FULL:
-                continue
-            key = self._key(plan, i, batch_key)
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-                self.hits += 1
-                self.steps_saved += i
-                return i, item[0].clone(), item[1]
-        return None
-
-
-def _problem_from_spec(spec: str) -> Callable[[], Problem]:
-    module, _, attr = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise FlexnasError(f"cannot load problem {spec!r}: {e}") from None
-
-
-def available_problems() -> dict[str, Any]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-
-
-def get_problem(name: str, **overrides: Any) -> Problem:
-    """A problem by registered name (``flexnas.problems`` entry points), ``module:function``, or a
-    diffusers pipeline given as a local folder or hub id (``flexnas.pretrained.problem_from_pretrained``)."""
-    from flexnas.pretrained import looks_like_model, problem_from_pretrained
-
-    eps = available_problems()
-    if name in eps:
-        factory = eps[name].load()
-    elif Path(name).expanduser().is_dir() or (looks_like_model(name) and ":" not in name):
-        factory = functools.partial(problem_from_pretrained, name)
-    elif ":" in name:
-        factory = _problem_from_spec(name)
-    else:
-        known = ", ".join(sorted(eps)) or "none installed"
-        raise FlexnasError(f"unknown problem {name!r}: choose one of {known}, give module:function, or a diffusers "
-                           "pipeline folder / hub id (--model)")
-    if not callable(factory):
-        raise FlexnasError(f"problem {name!r} is not a factory function")
-    try:
-        problem = factory(**overrides)
-    except TypeError as e:
-        raise FlexnasError(f"problem {name!r} cannot be built with those options ({e})") from None
-    if not isinstance(problem, Problem):
-        raise FlexnasError(f"problem factory {name!r} returned {type(problem).__name__}, not a flexnas Problem")
-    if problem.encode_prompts is None:
-        if overrides.get("prompts") is not None:
-            raise FlexnasError(f"problem {problem.name} is not text-to-image: prompts do not apply to it")
-        if overrides.get("guidance_scale") not in (None, 1, 1.0):
-            raise FlexnasError(f"problem {problem.name} is not text-to-image: guidance does not apply to it")
-    return problem

@@ -44,12 +44,6 @@ class Conditioning:
             return {"class_labels": self.class_labels}
         return {}
 
-    def select(self, idx: slice) -> "Conditioning":
-        """The conditioning of a slice of the batch."""
-        pick = lambda t: None if t is None else t[idx]  # noqa: E731
-        return Conditioning(pick(self.class_labels), pick(self.prompt_embeds), pick(self.negative_prompt_embeds),
-                            self.guidance_scale)
-
 
 def step_kwargs(scheduler: Any, eta: float, generator: torch.Generator | None) -> dict[str, Any]:
     """Keyword arguments the scheduler's ``step`` accepts, as diffusers pipelines pass them."""

@@ -11,217 +11,32 @@ objective is what pymoo sees.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import pickle
 import sys
-import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
 import numpy as np
-from pymoo.core.callback import Callback
+from pymoo.core.callback import CallbackCollection
 from pymoo.core.problem import Problem as PymooProblem
 from pymoo.termination.max_gen import MaximumGenerationTermination
 
-from flexnas.errors import FlexnasError, writable_folder
-from flexnas.measures import DEFAULT_MEASURE, GOALS, MEASURES, available, check_measure, score
-from flexnas.objectives import Evaluator
+from flexnas.candidates import CandidateEvaluator, EvalTask, check_runnable
+from flexnas.config import SearchConfig, check_resume_options
+from flexnas.errors import FlexnasError
 from flexnas.operators import CanonicalDuplicateElimination, FlexSampling, SegmentCrossover, SegmentMutation
-from flexnas.plan import Plan
-from flexnas.problem import PrefixStore, get_problem
+from flexnas.registry import get_problem
+from flexnas.runfolder import Checkpoint, EvalCache, Progress, run_folder
 from flexnas.space import SearchSpace
 
-ALGORITHMS = ("nsga2", "ga")
 INF_SCORE = 1e9  # what pymoo sees for a diverged candidate (rfid = inf in the records)
 
 
-@dataclass
-class SearchConfig:
-    """Everything a run depends on; saved as ``run.json`` and checked on ``--resume``."""
-
-    problem: str = "fashion-mnist"
-    algorithm: str = "nsga2"
-    pop: int = 16
-    gens: int = 6
-    seed: int = 0
-    macs_budget: float | None = None
-    images: int | None = None
-    goal: str | None = None  # quality or fidelity (None: quality where the problem has real-image statistics)
-    objective: str | None = None  # a measure of flexnas.measures (None: the goal's default)
-    skip: bool = True  # segments after the first may be skipped (False: the paper's space)
-    rescore_images: int | None = None  # re-score the front and baselines on this many images (0: no; None: the problem's)
-    segments: list[int] | None = None
-    branches: list[int] | None = None
-    null_mode: str | None = None
-    extractor: str | None = None
-    extractor_weights: str | None = None
-    overrides: dict = field(default_factory=dict)
-
-    def validate(self) -> "SearchConfig":
-        if self.algorithm not in ALGORITHMS:
-            raise FlexnasError(f"--algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
-        if self.goal is not None and self.goal not in GOALS:
-            raise FlexnasError(f"--goal must be one of {GOALS}, got {self.goal!r}")
-        if self.objective is not None and self.objective not in MEASURES:
-            raise FlexnasError(f"--objective must be one of {tuple(MEASURES)}, got {self.objective!r}")
-        if self.rescore_images and self.rescore_images <= max(1, self.images or 0):
-            raise FlexnasError(f"--rescore-images {self.rescore_images} must exceed the screening --images "
-                               f"({self.images}): re-scoring is on more images")
-        if self.pop < 2:
-            raise FlexnasError(f"--pop must be at least 2, got {self.pop}")
-        if self.gens < 1:
-            raise FlexnasError(f"--gens must be at least 1, got {self.gens}")
-        if self.images is not None and self.images < 2:
-            raise FlexnasError(f"--images must be at least 2 (rFID needs a covariance), got {self.images}")
-        if self.algorithm == "ga":
-            if self.macs_budget is None:
-                raise FlexnasError("--algorithm ga needs --macs-budget X (MACs ratio to the teacher, 0 < X <= 1)")
-        if self.macs_budget is not None and not 0 < self.macs_budget <= 1:
-            raise FlexnasError(f"--macs-budget must be in (0, 1], got {self.macs_budget}")
-        return self
-
-    def problem_overrides(self) -> dict[str, Any]:
-        o = dict(self.overrides)
-        if self.null_mode:
-            o["null_mode"] = self.null_mode
-        return o
-
-
-EVAL_FIELDS = ("problem", "overrides", "images", "null_mode", "extractor", "extractor_weights")
-
-
-def check_runnable(evaluator: Evaluator, config: SearchConfig) -> None:
-    """Refuse, before any sampling, a search that could only fail or score nothing."""
-    from flexnas.engine import accepts_custom_timesteps, is_ddim
-
-    problem = evaluator.loaded.problem
-    real = evaluator.reference()
-    if config.goal is None:
-        config.goal = "quality" if real is not None else "fidelity"
-    if config.objective is None:
-        config.objective = DEFAULT_MEASURE[config.goal]
-    check_measure(config.objective, real)
-    if config.rescore_images is None:
-        config.rescore_images = problem.rescore_images if problem.rescore_images > evaluator.n else 0
-    sch = evaluator.loaded.scheduler
-    if problem.null_mode == "drop" and not (is_ddim(sch) or accepts_custom_timesteps(sch)):
-        raise FlexnasError(f"{type(sch).__name__} cannot drop timesteps: pass --null-mode reuse")
-
-
-# --------------------------------------------------------------------------- worker side
-_EVALUATORS: dict[str, "CandidateEvaluator"] = {}
-
-
-class CandidateEvaluator:
-    """Loads a problem once per process and scores plans from its feature store (with the process's prefix store)."""
-
-    def __init__(self, config: SearchConfig):
-        self.config = config
-        problem = get_problem(config.problem, **config.problem_overrides())
-        self.evaluator = Evaluator(problem, images=config.images, extractor=config.extractor,
-                                   extractor_weights=config.extractor_weights)
-        self.loaded = self.evaluator.loaded
-        self.prefixes = PrefixStore()
-        self.store = self.evaluator.store(prefixes=self.prefixes)
-        self.real = self.evaluator.reference()
-        self.measures = available(self.real)
-
-    @classmethod
-    def get(cls, config: SearchConfig, threads: int | None = None) -> "CandidateEvaluator":
-        """The process's evaluator for ``config``: keyed by what evaluation depends on, not by the
-        search settings, so a resumed or repeated search reuses the loaded model."""
-        key = json.dumps({k: getattr(config, k) for k in EVAL_FIELDS}, sort_keys=True, default=str)
-        if key not in _EVALUATORS:
-            if threads:
-                import torch
-
-                torch.set_num_threads(threads)
-            _EVALUATORS[key] = cls(config)
-        return _EVALUATORS[key]
-
-    def evaluate(self, plan: Plan, n: int | None = None, measures: list[str] | None = None) -> dict[str, Any]:
-        """Every measure of ``plan`` on its first ``n`` images (default: the search's), MACs and cost.
-
-        Features come from the feature store: images already sampled (by this run, an earlier
-        one or the benchmark) are not sampled again, and more images extend fewer.
-        """
-        n = self.evaluator.n if n is None else n
-        names = measures or self.measures
-        t0 = time.perf_counter()
-        before = self.store.has(plan, n)
-        feats = self.store.features(plan, n)
-        teacher = None
-        if any(MEASURES[m].reference == "teacher" for m in names):
-            teacher = self.store.features(self.loaded.problem.teacher_plan(), n)
-        out: dict[str, Any] = score(names, feats, teacher, self.real)
-        for k, v in out.items():  # rounded: the same front on any runner, whatever float noise
-            if math.isfinite(v):
-                out[k] = round(v, 6)
-        cost = self.store.cost(plan, n)
-        macs = self.evaluator.macs
-        # against the problem's teacher, also for a plan on another base schedule (a stock k-step run)
-        out.update(macs=macs.plan_macs(plan), macs_ratio=macs.plan_macs(plan) / macs.teacher_macs(self.loaded.problem.T),
-                   eval_s=round(time.perf_counter() - t0, 3), sample_s=round(cost["sample_s"], 3),
-                   calls=0 if before else cost["calls"],
-                   naive_calls=len(plan.active_indices()) * len(self.loaded.batches(n)))
-        return out
-
-
-@dataclass
-class EvalTask:
-    """Picklable unit of work for pymoo's runners: genome -> result dict."""
-
-    config: SearchConfig
-    space: SearchSpace
-    threads: int | None = None
-
-    def __call__(self, x: np.ndarray) -> dict[str, Any]:
-        ev = CandidateEvaluator.get(self.config, self.threads)
-        return ev.evaluate(self.space.decode(x))
-
-
 # --------------------------------------------------------------------------- pymoo problem
-class EvalCache:
-    """Canonical genome -> result, persisted as JSON lines in the run folder.
-
-    Each line carries a checksum of its record: a line cut short or altered (a run killed
-    mid-write, a damaged disk) is skipped and that genome evaluated again, and a record
-    appended after a cut line starts on a line of its own.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.records: dict[str, dict[str, Any]] = {}
-        data = path.read_bytes() if path.is_file() else b""
-        for line in data.decode("utf-8", "replace").splitlines():
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(r, dict) and "key" in r and r.pop("check", None) in (None, _checksum(r)):
-                self.records[r["key"]] = r
-        self._newline = bool(data) and not data.endswith(b"\n")
-
-    def add(self, record: dict[str, Any]) -> None:
-        self.records[record["key"]] = record
-        line = json.dumps({**record, "check": _checksum(record)}) + "\n"
-        with self.path.open("a") as f:
-            f.write("\n" + line if self._newline else line)
-            f.flush()
-            os.fsync(f.fileno())
-        self._newline = False
-
-
-def _checksum(record: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def genome_key(x: np.ndarray) -> str:
     return ",".join(str(int(v)) for v in x)
 
@@ -234,7 +49,7 @@ class FlexProblem(PymooProblem):
         xl, xu = space.bounds()
         super().__init__(n_var=space.n_var, n_obj=1 if ga else 2,
                          n_ieq_constr=0 if config.macs_budget is None else 1,
-                         xl=xl, xu=xu, vtype=int)
+                         xl=xl, xu=xu, vtype=int, exclude_from_serialization=["runner", "cache", "task", "progress"])
         self.space, self.config, self.run_dir = space, config, run_dir
         self.generation = 1
         self.requested_total = 0  # evaluations pymoo asked for (cache hits included)
@@ -242,23 +57,17 @@ class FlexProblem(PymooProblem):
         self.attach()
 
     def attach(self, runner: Any = None, threads: int | None = None) -> None:
-        """(Re)connect what a pickle does not carry: the runner and the evaluation cache."""
+        """(Re)connect what a checkpoint does not carry: the runner, the evaluation cache, the progress display."""
         self.runner, self.progress = runner, None
         self.task = EvalTask(self.config, self.space, threads=1 if runner is not None else threads)
         self.cache = EvalCache(self.run_dir / "evaluations.jsonl")
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        for k in ("runner", "cache", "task", "progress"):
-            state.pop(k, None)
-        return state
 
     def records(self, keys: list[str]) -> list[dict[str, Any]]:
         """The evaluation records of canonical genome keys, evaluating the unknown ones (also those lost
         with a damaged or deleted ``evaluations.jsonl``: the feature store makes that cheap)."""
         todo = sorted({k for k in keys if k not in self.cache.records})
         genomes = [np.array([int(v) for v in k.split(",")]) for k in todo]
-        progress = getattr(self, "progress", None)
+        progress = self.progress
         if progress is not None:
             progress.start(len(set(keys)), len(set(keys)) - len(todo))
         if self.runner is not None and genomes:
@@ -310,68 +119,6 @@ def make_algorithm(space: SearchSpace, config: SearchConfig):
 
 
 # --------------------------------------------------------------------------- checkpoints
-class Progress:
-    """What a person follows: generations done, plans evaluated in the current one (with cache hits
-    and an ETA), and the front's best plan that is not the teacher."""
-
-    def __init__(self, gens: int, done: int, label: str):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=gens, initial=min(done, gens), desc=label, unit="gen", dynamic_ncols=True)
-        self.front = ""
-        self.start(0, 0)
-
-    def start(self, asked: int, cached: int) -> None:
-        self.asked, self.cached, self.done, self.t0 = asked, cached, 0, time.time()
-        self._show()
-
-    def step(self) -> None:
-        self.done += 1
-        self._show()
-
-    def _show(self) -> None:
-        left = self.asked - self.cached - self.done
-        eta = f" eta {(time.time() - self.t0) / self.done * left:.0f}s" if self.done and left else ""
-        self.bar.set_postfix_str(f"plans {self.cached + self.done}/{self.asked} ({self.cached} cached){eta}"
-                                 f"{self.front}", refresh=True)
-
-    def generation_done(self, algorithm) -> None:
-        F, obj = algorithm.opt.get("F"), algorithm.problem.config.objective
-        fast = F[F[:, 1] < 1 - 1e-9] if F.shape[1] > 1 else F  # NSGA-II: leave out the teacher (MACs ratio 1)
-        if len(fast):
-            best = fast[np.argmin(fast[:, 0])]
-            at = f" at {1 / best[1]:.1f}x MACs" if F.shape[1] > 1 else ""
-            self.front = f" · front {len(F)}, best non-teacher {obj} {best[0]:.4g}{at}"
-        self.bar.update(1)
-        self._show()
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-class Checkpoint(Callback):
-    """After every generation: pickle the algorithm atomically (and tell the progress display)."""
-
-    def __init__(self, path: Path, progress: Progress | None = None):
-        super().__init__()
-        self.path, self.progress = path, progress
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["progress"] = None
-        return state
-
-    def notify(self, algorithm) -> None:
-        problem = algorithm.problem
-        problem.generation = algorithm.n_gen + 1
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("wb") as f:
-            cloudpickle.dump(algorithm, f)  # pymoo's GA holds local functions plain pickle refuses
-        os.replace(tmp, self.path)
-        if self.progress is not None:
-            self.progress.generation_done(algorithm)
-
-
 def load_checkpoint(path: Path):
     if not path.is_file():
         raise FlexnasError(f"no checkpoint at {path}: nothing to resume (start a new run without --resume)")
@@ -416,96 +163,6 @@ class _Closer:
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
-
-
-LOCK = ".lock"  # pid and host of the process writing the run folder
-
-
-def _owner(lock: Path) -> tuple[int, str] | None:
-    try:
-        pid, host = lock.read_text().split()[:2]
-        return int(pid), host
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _held(lock: Path) -> bool:
-    """Whether the lock's owner may still run (another host's, or a live process here)."""
-    import socket
-
-    owner = _owner(lock)
-    return owner is not None and (owner[1] != socket.gethostname() or _alive(owner[0]))
-
-
-@contextmanager
-def run_folder(out: Path, resume: bool):
-    """The run folder, checked (new: absent or empty; ``resume``: present) and locked for this process.
-
-    The lock file holds the owner's pid and host; a lock whose process is gone (killed) is stale
-    and taken over. A folder this call created is removed again if it ends empty (a failed start).
-    """
-    import socket
-
-    if resume and not out.is_dir():
-        raise FlexnasError(f"--resume: run folder {out} does not exist")
-    if not resume:
-        if out.exists() and not out.is_dir():
-            raise FlexnasError(f"--out {out} is a file: give a folder")
-        if out.exists() and any(p.name != LOCK or _held(p) for p in out.iterdir()):
-            raise FlexnasError(f"run folder {out} already exists: pass --resume to continue it, or choose another --out")
-    created = not out.exists()
-    writable_folder(out)
-    lock, me = out / LOCK, f"{os.getpid()} {socket.gethostname()}"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            owner = _owner(lock)
-            if _held(lock):
-                raise FlexnasError(f"run folder {out} is in use by process {owner[0]} on {owner[1]}: wait for it to "
-                                   f"finish (or stop it), or remove {lock} if that process is gone") from None
-            lock.unlink(missing_ok=True)  # stale: its process is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(me + "\n")
-        break
-    else:
-        raise FlexnasError(f"cannot lock run folder {out}: another process keeps taking it")
-    try:
-        yield out
-    finally:
-        if _owner(lock) == (os.getpid(), socket.gethostname()):
-            lock.unlink(missing_ok=True)
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-
-
-# a resumed run keeps its settings: options that would change them are refused (CLI flag of each field)
-RESUME_FLAGS = {"problem": "--problem/--model", "algorithm": "--algorithm", "pop": "--pop", "seed": "--seed",
-                "macs_budget": "--macs-budget", "images": "--images", "goal": "--goal", "objective": "--objective",
-                "skip": "--paper-space", "rescore_images": "--rescore-images", "segments": "--segments",
-                "branches": "--branches", "null_mode": "--null-mode", "extractor": "--extractor",
-                "extractor_weights": "--inception-weights", "overrides": "the model options (--steps, --model, ...)"}
-
-
-def check_resume_options(given: SearchConfig, saved: SearchConfig) -> None:
-    """Refuse a resume whose options (other than ``gens`` and those left at their defaults) differ from the run's."""
-    default = SearchConfig()
-    for name, flag in RESUME_FLAGS.items():
-        mine, theirs = getattr(given, name), getattr(saved, name)
-        if mine != theirs and mine != getattr(default, name):
-            raise FlexnasError(f"--resume: {flag} {mine} conflicts with this run's {theirs}; a resumed run keeps its "
-                               "settings (only --gens may change): drop the option or start a new --out")
 
 
 def run_search(config: SearchConfig, out: Path, resume: bool = False, workers: int | None = None,
@@ -574,7 +231,7 @@ def _run(config: SearchConfig, out: Path, resume: bool, workers: int | None, das
 
         done = algorithm.n_gen if resume and algorithm.n_gen else 0
         bar = Progress(config.gens, done, f"{config.algorithm} gens") if progress else None
-        cb = Checkpoint(ckpt_path, bar)
+        cb = Checkpoint(ckpt_path) if bar is None else CallbackCollection(Checkpoint(ckpt_path), bar)
         problem.progress = bar
         if resume:
             algorithm.callback = cb

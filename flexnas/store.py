@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,9 @@ import numpy as np
 import torch
 
 from flexnas.engine import StepCounter
-from flexnas.objectives import to_uint8_rgb
-from flexnas.plan import Plan
-from flexnas.problem import LoadedProblem, PrefixStore
+from flexnas.features import to_uint8_rgb
+from flexnas.plan import Plan, StepKind
+from flexnas.problem import LoadedProblem
 
 
 def plan_key(plan: Plan) -> str:
@@ -117,3 +118,50 @@ class FeatureStore:
         bs = self.batches(plan, n)
         return {"sample_s": float(sum(b["sample_s"] for b in bs)), "feature_s": float(sum(b["feature_s"] for b in bs)),
                 "calls": int(sum(b["calls"] for b in bs))}
+
+
+class PrefixStore:
+    """Latents before FULL steps, keyed by the steps that led there (LRU, bounded in bytes).
+
+    Candidates whose step sequences agree up to a FULL step share the sampler state there:
+    the FULL step refills the feature cache, so only the latents (and the generator state,
+    for stochastic samplers) need storing. Keys are step sequences, not segments, so plans
+    of different N (or with skipped segments) share too.
+    """
+
+    def __init__(self, max_bytes: int = 512 * 2**20):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._items: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.hits = 0
+        self.steps_saved = 0  # base steps not re-run thanks to a hit
+
+    @staticmethod
+    def _key(plan: Plan, i: int, batch_key: tuple) -> tuple:
+        return (plan.scheduler, plan.T, plan.null_mode, plan.steps[:i], batch_key)
+
+    def put(self, plan: Plan, i: int, batch_key: tuple, x: torch.Tensor, g_state: torch.Tensor) -> None:
+        key = self._key(plan, i, batch_key)
+        if key in self._items:
+            self._items.move_to_end(key)
+            return
+        x = x.detach().clone()
+        self._items[key] = (x, g_state)
+        self.bytes += x.numel() * x.element_size()
+        while self.bytes > self.max_bytes and self._items:
+            _, (old, _) = self._items.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+
+    def longest(self, plan: Plan, batch_key: tuple) -> tuple[int, torch.Tensor, torch.Tensor] | None:
+        """(base step, latents, generator state) at the latest stored FULL step of ``plan``."""
+        steps = plan.steps
+        for i in range(len(steps) - 1, 0, -1):
+            if steps[i].kind is not StepKind.FULL:
+                continue
+            key = self._key(plan, i, batch_key)
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+                self.steps_saved += i
+                return i, item[0].clone(), item[1]
+        return None

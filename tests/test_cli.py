@@ -191,3 +191,41 @@ def test_apply_needs_a_unet_pipeline():
 
     with pytest.raises(FlexnasError, match="no 'unet'"):
         flexnas.apply(NoUnet(), Plan.teacher("DDIMScheduler", 10))
+
+
+def test_apply_state_never_leaks_between_calls():
+    """A second call, a call after an exception inside the denoising loop, and a call after remove()
+    give exactly the planned (resp. stock) images: nothing of one call survives into the next."""
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    from problems.fashion_mnist import load_pipeline
+
+    base = load_pipeline()
+    pipe = DDIMPipeline(unet=base.unet, scheduler=DDIMScheduler.from_config(base.scheduler.config))
+    pipe.set_progress_bar_config(disable=True)
+
+    def call():
+        return pipe(batch_size=2, num_inference_steps=10, generator=torch.Generator().manual_seed(5),
+                    output_type="np").images
+
+    stock = call()
+    ctl = flexnas.apply(pipe, Plan.uniform("DDIMScheduler", 10, 2, 4, 2))
+    first = call()
+    assert abs(call() - first).max() == 0
+
+    mid = pipe.unet.mid_block
+    calls = {"n": 0}
+
+    def boom(module, args):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second FULL step, after the cache was filled once
+            raise RuntimeError("interrupted")
+
+    handle = mid.register_forward_pre_hook(boom)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        call()
+    handle.remove()
+    assert ctl.partial.state.mode == "off"
+    assert abs(call() - first).max() == 0
+    ctl.remove()
+    assert abs(call() - stock).max() == 0

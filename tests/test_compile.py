@@ -7,7 +7,8 @@ import torch
 
 from flexnas.partial import PartialUNet
 from flexnas.plan import Plan
-from flexnas.problem import compiled_forward, get_problem
+from flexnas.problem import compiled_forward
+from flexnas.registry import get_problem
 
 
 class CountingBackend:

@@ -23,7 +23,8 @@ from flexnas.errors import FlexnasError
 from flexnas.features import INCEPTION, INCEPTION_FILE, inception_weights, resolve_extractor
 from flexnas.macs import MacCounter, _Forward, count_macs, count_unet, sdpa_flop_jit
 from flexnas.measures import fid as frechet, statistics
-from flexnas.objectives import Evaluator, to_uint8_rgb
+from flexnas.features import to_uint8_rgb
+from flexnas.objectives import Evaluator
 from flexnas.partial import PartialUNet
 from flexnas.plan import Plan, StepKind
 
@@ -58,7 +59,7 @@ class _one_thread:
 
 
 def _load_problem(**overrides):
-    from flexnas.problem import get_problem
+    from flexnas.registry import get_problem
 
     problem = get_problem("fashion-mnist", T=T, num_images=N_IMAGES, batch_size=N_IMAGES, **overrides)
     for attempt in range(5):  # training swaps the weights folder atomically; retry across the swap
@@ -549,7 +550,7 @@ def test_truncated_macs_cache_is_a_miss(tmp_path, monkeypatch):
     from flexnas.macs import MacCounter, cache_dir
 
     monkeypatch.setenv("FLEXNAS_CACHE", str(tmp_path))
-    from flexnas.problem import get_problem
+    from flexnas.registry import get_problem
 
     loaded = get_problem("fashion-mnist", T=10, num_images=4, batch_size=4).load()
     first = MacCounter.for_problem(loaded)

@@ -154,6 +154,23 @@ def test_mutation_changes_n_sometimes():
     assert n_changed > 0
 
 
+def test_mutation_prob_var_sets_how_many_segments_change():
+    """prob_var 0: exactly the one forced segment changes; prob_var 1: every segment is redrawn (most change)."""
+    sp = SPACES["T12-all-N-B2"]
+    changed = {0.0: [], 1.0: []}
+    for rate in changed:
+        mut = SegmentMutation(prob_var=rate, prob_change_n=0.0)
+        for seed in range(30):
+            rng = np.random.default_rng(seed)
+            x = sp.join(4, np.zeros(4, int), np.ones(4, int))  # N = 4 (L = 3), every segment F . .
+            y = mut._do(stand_in(sp), x[None].copy(), random_state=rng)[0]
+            n, b, k = sp.split(y)
+            assert n == 4
+            changed[rate].append(int(np.sum(k != 1)))
+    assert changed[0.0] == [1] * 30
+    assert np.mean(changed[1.0]) > 2  # each redrawn segment keeps interval 1 with chance 1/3
+
+
 def test_mutation_pymoo_do(space):
     prob = stand_in(space)
     for seed in range(20):

@@ -22,7 +22,7 @@ from flexnas.cli import main
 from flexnas.errors import FlexnasError
 from flexnas.features import ModuleFeatureExtractor, register_extractor
 from flexnas.plan import Plan
-from flexnas.problem import get_problem
+from flexnas.registry import get_problem
 from tiny_models import save_tiny_clip, save_tiny_ddpm, save_tiny_dit, save_tiny_ldm
 
 EXTRACTOR = "flexnas-test-pool"

@@ -22,8 +22,11 @@ import torch
 
 from flexnas.cli import main
 from flexnas.plan import Plan, Segment
-from flexnas.problem import PrefixStore
-from flexnas.search import CandidateEvaluator, EvalCache, EvalTask, FlexProblem, SearchConfig, load_checkpoint, run_search
+from flexnas.store import PrefixStore
+from flexnas.candidates import CandidateEvaluator, EvalTask
+from flexnas.config import SearchConfig
+from flexnas.runfolder import EvalCache
+from flexnas.search import FlexProblem, load_checkpoint, run_search
 from flexnas.space import SearchSpace
 
 TESTS = Path(__file__).resolve().parent
@@ -400,7 +403,7 @@ def test_prefix_reuse_is_exact_and_saves_calls(small_config):
 
 # --------------------------------------------------------------------------- feature store, re-scoring
 def test_feature_store_extends_prefixes_and_survives_damage(small_config, tmp_path):
-    from flexnas.objectives import to_uint8_rgb
+    from flexnas.features import to_uint8_rgb
     from flexnas.store import plan_key
 
     ev = CandidateEvaluator.get(small_config, 1)
@@ -664,7 +667,8 @@ def test_checkpoint_is_a_plain_pickle_of_the_algorithm(nsga_run):
     with (nsga_run / "checkpoint.pkl").open("rb") as f:
         algo = pickle.load(f)
     assert algo.problem.space.T == 10
-    assert not hasattr(algo.problem, "cache") and not hasattr(algo.problem, "runner")
+    # pymoo's exclude_from_serialization: the run's handles are not in the checkpoint
+    assert all(getattr(algo.problem, k) is None for k in ("cache", "runner", "task", "progress"))
 
 
 

@@ -17,7 +17,7 @@ import torch
 
 from flexnas.errors import report_errors
 from flexnas.measures import statistics
-from flexnas.objectives import to_uint8_rgb
+from flexnas.features import to_uint8_rgb
 from problems.fashion_mnist import REAL_STATISTICS
 from problems.fashion_mnist.data import load_split
 from problems.fashion_mnist.features import NAME

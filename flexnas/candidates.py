@@ -1,0 +1,113 @@
+"""Candidate evaluation: one loaded problem per process scores plans from its feature store.
+
+The same code runs in-process and on Dask workers (``EvalTask`` is what pymoo's runner ships).
+Every record holds every measure of ``flexnas.measures``; the goal's objective is what pymoo sees.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from flexnas.config import EVAL_FIELDS, SearchConfig
+from flexnas.errors import FlexnasError
+from flexnas.measures import DEFAULT_MEASURE, MEASURES, available, check_measure, score
+from flexnas.objectives import Evaluator
+from flexnas.plan import Plan
+from flexnas.registry import get_problem
+from flexnas.space import SearchSpace
+from flexnas.store import PrefixStore
+
+
+def check_runnable(evaluator: Evaluator, config: SearchConfig) -> None:
+    """Refuse, before any sampling, a search that could only fail or score nothing."""
+    from flexnas.engine import accepts_custom_timesteps, is_ddim
+
+    problem = evaluator.loaded.problem
+    real = evaluator.reference()
+    if config.goal is None:
+        config.goal = "quality" if real is not None else "fidelity"
+    if config.objective is None:
+        config.objective = DEFAULT_MEASURE[config.goal]
+    check_measure(config.objective, real)
+    if config.rescore_images is None:
+        config.rescore_images = problem.rescore_images if problem.rescore_images > evaluator.n else 0
+    sch = evaluator.loaded.scheduler
+    if problem.null_mode == "drop" and not (is_ddim(sch) or accepts_custom_timesteps(sch)):
+        raise FlexnasError(f"{type(sch).__name__} cannot drop timesteps: pass --null-mode reuse")
+
+
+_EVALUATORS: dict[str, "CandidateEvaluator"] = {}
+
+
+class CandidateEvaluator:
+    """Loads a problem once per process and scores plans from its feature store (with the process's prefix store)."""
+
+    def __init__(self, config: SearchConfig):
+        self.config = config
+        problem = get_problem(config.problem, **config.problem_overrides())
+        self.evaluator = Evaluator(problem, images=config.images, extractor=config.extractor,
+                                   extractor_weights=config.extractor_weights)
+        self.loaded = self.evaluator.loaded
+        self.prefixes = PrefixStore()
+        self.store = self.evaluator.store(prefixes=self.prefixes)
+        self.real = self.evaluator.reference()
+        self.measures = available(self.real)
+
+    @classmethod
+    def get(cls, config: SearchConfig, threads: int | None = None) -> "CandidateEvaluator":
+        """The process's evaluator for ``config``: keyed by what evaluation depends on, not by the
+        search settings, so a resumed or repeated search reuses the loaded model."""
+        key = json.dumps({k: getattr(config, k) for k in EVAL_FIELDS}, sort_keys=True, default=str)
+        if key not in _EVALUATORS:
+            if threads:
+                import torch
+
+                torch.set_num_threads(threads)
+            _EVALUATORS[key] = cls(config)
+        return _EVALUATORS[key]
+
+    def evaluate(self, plan: Plan, n: int | None = None, measures: list[str] | None = None) -> dict[str, Any]:
+        """Every measure of ``plan`` on its first ``n`` images (default: the search's), MACs and cost.
+
+        Features come from the feature store: images already sampled (by this run, an earlier
+        one or the benchmark) are not sampled again, and more images extend fewer.
+        """
+        n = self.evaluator.n if n is None else n
+        names = measures or self.measures
+        t0 = time.perf_counter()
+        before = self.store.has(plan, n)
+        feats = self.store.features(plan, n)
+        teacher = None
+        if any(MEASURES[m].reference == "teacher" for m in names):
+            teacher = self.store.features(self.loaded.problem.teacher_plan(), n)
+        out: dict[str, Any] = score(names, feats, teacher, self.real)
+        for k, v in out.items():  # rounded: the same front on any runner, whatever float noise
+            if math.isfinite(v):
+                out[k] = round(v, 6)
+        cost = self.store.cost(plan, n)
+        macs = self.evaluator.macs
+        # against the problem's teacher, also for a plan on another base schedule (a stock k-step run)
+        out.update(macs=macs.plan_macs(plan), macs_ratio=macs.plan_macs(plan) / macs.teacher_macs(self.loaded.problem.T),
+                   eval_s=round(time.perf_counter() - t0, 3), sample_s=round(cost["sample_s"], 3),
+                   calls=0 if before else cost["calls"],
+                   naive_calls=len(plan.active_indices()) * len(self.loaded.batches(n)))
+        return out
+
+
+@dataclass
+class EvalTask:
+    """Picklable unit of work for pymoo's runners: genome -> result dict."""
+
+    config: SearchConfig
+    space: SearchSpace
+    threads: int | None = None
+
+    def __call__(self, x: np.ndarray) -> dict[str, Any]:
+        ev = CandidateEvaluator.get(self.config, self.threads)
+        return ev.evaluate(self.space.decode(x))
