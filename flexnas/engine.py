@@ -3,9 +3,12 @@
 ``PlanController`` hooks the U-Net's forward (diffusers ``ModelHook``): at every call
 it looks up the step of the base schedule from the timestep and runs the network FULL,
 PARTIAL at the plan's branch, or not at all (a NULL step in "reuse" mode returns the
-last output). In "drop" mode the NULL timesteps are removed from the scheduler when the
-sampler calls ``set_timesteps(T)``. Because only hooks change, the same controller
-drives flexnas' own sampler loop and a user's stock pipeline (``flexnas.apply``).
+last output). In "drop" mode the sampler jumps over NULL timesteps: DDIM keeps its full list
+of timesteps (so pipelines that start inside the schedule, such as image-to-image at some
+``strength``, index it as usual) and a NULL step there is a no-op (no network call, the
+latents stay) while the step before it jumps to the next kept timestep; other schedulers
+that take custom timesteps get only the kept ones. Because only hooks change, the same
+controller drives flexnas' own sampler loop and a user's stock pipeline (``flexnas.apply``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from flexnas.partial import PartialUNet
 from flexnas.plan import Plan, StepKind
 
 HOOK_NAME = "flexnas_plan"
+PATCHED = ("set_timesteps", "step", "set_begin_index")  # scheduler methods a controller may replace
 
 
 @dataclass
@@ -104,12 +108,15 @@ class PlanController:
             self.partial.release()
             raise
         # what a later remove() restores: instance attributes another tool may have set, or nothing
-        self._saved = {a: scheduler.__dict__[a] for a in ("set_timesteps", "step") if a in scheduler.__dict__}
+        self._saved = {a: scheduler.__dict__[a] for a in PATCHED if a in scheduler.__dict__}
         self._orig_set_timesteps = scheduler.set_timesteps
         self._orig_step = scheduler.step
         scheduler.set_timesteps = self._set_timesteps
         if plan.null_mode == "drop" and has_null and is_ddim(scheduler):
             scheduler.step = self._ddim_step
+        elif plan.null_mode == "drop" and has_null and hasattr(scheduler, "set_begin_index"):
+            self._orig_begin = scheduler.set_begin_index
+            scheduler.set_begin_index = self._set_begin_index
 
     # ------------------------------------------------------------------ scheduler side
     def _set_timesteps(self, num_inference_steps: int | None = None, device: Any = None, **kwargs: Any) -> None:
@@ -133,14 +140,12 @@ class PlanController:
         active = self.plan.active_indices()
         if self.plan.null_mode == "drop" and len(active) < self.plan.T:
             kept = [distinct[i] for i in active]
-            if is_ddim(self.scheduler):
-                ts = self.scheduler.timesteps
-                self.scheduler.timesteps = torch.tensor(kept, dtype=ts.dtype, device=ts.device)
+            if is_ddim(self.scheduler):  # full list kept; NULL steps are no-ops (see _ddim_step)
                 self._next_t = {int(a): int(b) for a, b in zip(kept, kept[1:] + [-1])}
                 self._base_next = {int(a): int(b) for a, b in zip(distinct, distinct[1:] + [-1])}
             else:
                 self._orig_set_timesteps(device=device, timesteps=[values[i] for i in active])
-            self.counter.null += self.plan.T - len(kept)
+                self.counter.null += self.plan.T - len(kept)
 
     def _ddim_step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args: Any,
                    **kwargs: Any) -> Any:
@@ -153,8 +158,14 @@ class PlanController:
         """
         s = self.scheduler
         t = int(timestep_key(timestep))
-        nxt = self._next_t.get(t)
-        if nxt is None or nxt == self._base_next.get(t):
+        if t not in self._next_t:  # a dropped timestep: the latents stay, the kept step before jumped over it
+            if not kwargs.get("return_dict", True):
+                return sample, None
+            from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+
+            return DDIMSchedulerOutput(prev_sample=sample, pred_original_sample=None)
+        nxt = self._next_t[t]
+        if nxt == self._base_next.get(t):
             return self._orig_step(model_output, timestep, sample, *args, **kwargs)
         prev = t - s.config.num_train_timesteps // s.num_inference_steps
         target = s.alphas_cumprod[nxt] if nxt >= 0 else s.final_alpha_cumprod
@@ -169,6 +180,14 @@ class PlanController:
         finally:
             s.alphas_cumprod, s.final_alpha_cumprod = alphas, final
 
+    def _set_begin_index(self, begin_index: int = 0) -> None:
+        """Pipelines that start inside the schedule (image-to-image) index the stock list of timesteps,
+        which a dropping plan has shortened for this scheduler: refuse rather than sample the wrong steps."""
+        if begin_index:
+            raise FlexnasError(f"{type(self.scheduler).__name__} in null mode 'drop' cannot start inside the schedule "
+                               "(image-to-image, inpainting at strength < 1): use null mode 'reuse', or DDIM")
+        self._orig_begin(begin_index)
+
     def step_index(self, timestep: Any) -> int:
         """The base-schedule step of ``timestep`` (after ``set_timesteps``)."""
         key = timestep_key(timestep)
@@ -181,10 +200,15 @@ class PlanController:
     def _forward(self, forward: Callable, sample: torch.Tensor, timestep: Any, *args: Any, **kwargs: Any) -> Any:
         step = self.steps[self.step_index(timestep)]
         if step.kind is StepKind.NULL:
-            if self._last is None:
-                raise FlexnasError("a NULL step came before any network call")
             self.counter.null += 1
-            return self._last
+            if self._last is not None:
+                return self._last
+            if self.scheduler.step == self._ddim_step:  # dropped, before any network call: the output is unused
+                from diffusers.models.unets.unet_2d import UNet2DOutput
+
+                out = sample.new_zeros(sample.shape[0], self.unet.config.out_channels, *sample.shape[2:])
+                return (out,) if not kwargs.get("return_dict", True) else UNet2DOutput(sample=out)
+            raise FlexnasError("a NULL step came before any network call")
         if step.kind is StepKind.FULL:
             self.partial.full()
             self.counter.full += 1
@@ -206,7 +230,7 @@ class PlanController:
         HookRegistry.check_if_exists_or_initialize(self.unet).remove_hook(HOOK_NAME, recurse=False)
         self.partial.release()
         self.partial = None
-        for attr in ("set_timesteps", "step"):
+        for attr in PATCHED:
             self.scheduler.__dict__.pop(attr, None)
         self.scheduler.__dict__.update(self._saved)
 

@@ -10,6 +10,7 @@ import torch
 from diffusers import (DDIMPipeline, DDIMScheduler, DDPMPipeline, DPMSolverMultistepScheduler, PNDMPipeline,
                        PNDMScheduler)
 
+import flexnas
 from flexnas.engine import PlanController, StepCounter
 from flexnas.errors import FlexnasError
 from flexnas.plan import Plan, Segment
@@ -163,8 +164,12 @@ def test_ddim_drop_restores_scheduler(embedded_unet, scheduler_config):
     sched = DDIMScheduler.from_config(scheduler_config)
     plan = mixed_plan()
     with PlanController(embedded_unet, sched, plan):
-        sched.set_timesteps(T)
-        assert sched.timesteps.tolist() == [900, 800, 700, 500, 400, 300, 100]  # F p1 F . F p3 F . F .
+        sched.set_timesteps(T)  # the full list stays (image-to-image pipelines index it); dropped steps are no-ops
+        assert sched.timesteps.tolist() == list(range(900, -1, -100))  # F p1 F . F p3 F . F .
+        x = torch.randn(SHAPE, generator=gen(0))
+        assert sched.step(torch.randn(SHAPE), 600, x, return_dict=False)[0] is x  # dropped
+        assert sched.step(torch.randn(SHAPE), 600, x).prev_sample is x
+        assert not torch.equal(sched.step(torch.randn(SHAPE), 700, x).prev_sample, x)  # kept: jumps to 500
     sched.set_timesteps(T)
     assert sched.timesteps.tolist() == list(range(900, -1, -100))
     assert "step" not in sched.__dict__ and "set_timesteps" not in sched.__dict__
@@ -417,3 +422,43 @@ def test_drop_keeps_fractional_timesteps(embedded_unet, scheduler_config):
     sample(embedded_unet, EulerDiscreteScheduler.from_config(scheduler_config), 6, SHAPE, plan=plan,
            generator=gen(0), counter=c)
     assert c.as_dict() == plan.counts()
+
+
+def img2img_of(tiny_sd, scheduler_name: str):
+    import diffusers
+
+    pipe = diffusers.StableDiffusionImg2ImgPipeline(**tiny_sd.components)
+    pipe.scheduler = getattr(diffusers, scheduler_name).from_config(tiny_sd.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_img2img(pipe, strength: float):
+    image = torch.linspace(0, 1, 3 * 16 * 16).reshape(1, 3, 16, 16)
+    return pipe("a cat", image=image, strength=strength, num_inference_steps=10, guidance_scale=3.0,
+                generator=torch.Generator().manual_seed(0), output_type="np").images
+
+
+@pytest.mark.parametrize("strength", [0.6, 1.0])
+def test_img2img_drop_equals_reuse_and_counts_the_steps_it_runs(tiny_sd, strength):
+    """Image-to-image starts inside the base schedule (strength 0.6: at step 4 of 10); the plan applies to
+    the steps the pipeline runs, in both null modes, and the counter shows only those."""
+    pipe = img2img_of(tiny_sd, "DDIMScheduler")
+    out, counts = {}, {}
+    for mode in ("drop", "reuse"):
+        with flexnas.apply(pipe, Plan.step_reduction("DDIMScheduler", 10, 5, mode)) as ctl:
+            out[mode] = run_img2img(pipe, strength)
+        counts[mode] = ctl.counter.as_dict()
+    assert abs(out["drop"] - out["reuse"]).max() <= 1e-4
+    start = 10 - int(10 * strength)  # the pipeline's own t_start
+    assert counts["drop"] == counts["reuse"] == {"full": (10 - start + 1) // 2, "partial": {}, "null": (10 - start) // 2}
+    assert abs(out["drop"] - run_img2img(pipe, strength)).max() > 1e-3  # the plan changed the images
+
+
+def test_img2img_drop_with_a_multistep_scheduler_is_refused(tiny_sd):
+    pipe = img2img_of(tiny_sd, "DPMSolverMultistepScheduler")
+    with flexnas.apply(pipe, Plan.step_reduction("DPMSolverMultistepScheduler", 10, 5, "drop")):
+        with pytest.raises(FlexnasError, match="use null mode 'reuse'"):
+            run_img2img(pipe, 0.6)
+    with flexnas.apply(pipe, Plan.step_reduction("DPMSolverMultistepScheduler", 10, 5, "reuse")):
+        assert np.isfinite(run_img2img(pipe, 0.6)).all()
