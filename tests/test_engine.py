@@ -175,6 +175,30 @@ def test_ddim_drop_restores_scheduler(embedded_unet, scheduler_config):
     assert "step" not in sched.__dict__ and "set_timesteps" not in sched.__dict__
 
 
+@torch.no_grad()
+def by_hand(unet, sched, plan: Plan) -> torch.Tensor:
+    """``plan`` run without PlanController: PartialUNet's mode set by hand at every step; NULL steps
+    reuse the last output (reuse) or are left out of the scheduler's custom timesteps (drop)."""
+    from flexnas.partial import PartialUNet
+    from flexnas.plan import StepKind
+
+    sched.set_timesteps(T)
+    steps, order = plan.steps, list(range(T))
+    if plan.null_mode == "drop":
+        order = [i for i in order if steps[i].kind is not StepKind.NULL]
+        sched.set_timesteps(timesteps=[int(sched.timesteps[i]) for i in order])
+    x, last = torch.randn(SHAPE, generator=gen(0)) * sched.init_noise_sigma, None
+    with PartialUNet(unet) as pu:
+        for i, t in zip(order, sched.timesteps):
+            kind = steps[i].kind
+            if kind is not StepKind.NULL:
+                pu.full() if kind is StepKind.FULL else pu.partial(steps[i].branch)
+                last = unet(sched.scale_model_input(x, t), t).sample
+                pu.off()
+            x = sched.step(last, t, x).prev_sample
+    return x
+
+
 def test_dpmsolver_drop_runs(embedded_unet, scheduler_config):
     plan = mixed_plan("DPMSolverMultistepScheduler", "drop")
     c = StepCounter()
@@ -188,6 +212,8 @@ def test_dpmsolver_drop_runs(embedded_unet, scheduler_config):
     assert torch.isfinite(x).all()
     assert c.as_dict() == plan.counts()
     assert len(calls) == len(plan.active_indices())
+    ref = by_hand(embedded_unet, SCHEDULERS["DPMSolverMultistepScheduler"](scheduler_config), plan)
+    assert maxdiff(x, ref) <= 1e-6
 
 
 def test_dpmsolver_drop_step_reduction_equals_custom_timesteps(embedded_unet, scheduler_config):
@@ -382,6 +408,8 @@ def test_dpmsolver_reuse_runs(embedded_unet, scheduler_config):
                generator=gen(0), counter=c)
     assert torch.isfinite(x).all()
     assert c.as_dict() == plan.counts()
+    ref = by_hand(embedded_unet, SCHEDULERS["DPMSolverMultistepScheduler"](scheduler_config), plan)
+    assert maxdiff(x, ref) <= 1e-6
 
 
 def test_ddim_drop_equals_reuse_with_steps_offset(tiny_sd):

@@ -249,3 +249,62 @@ def test_cond_unet_partial_skips_deep_blocks(cond_unet, count_calls):
     assert counts == {"conv_in": 1, "down0.attn.proj_in": 1, "down1.resnet.conv1": 0, "mid.resnet.conv1": 0,
                       "up0.resnet0.conv1": 0, "up0.resnet1.conv1": 0, "up0.upsampler.conv": 0,
                       "up1.resnet0.conv1": 1, "up1.attn0.proj_in": 1, "up1.attn1.proj_in": 1}
+
+
+# --------------------------------------------------------------------------- an independent PARTIAL step
+def composed(unet, x, t, b=None, deep=None):
+    """UNet2DModel's forward written out block by block from its stock modules.
+
+    Returns (output, h_in): ``h_in[s]`` is the hidden state entering the up-path consumer of skip
+    ``s``. With ``b`` and ``deep``, the up path starts at the consumer of skip ``b`` from ``deep``
+    (a stored FULL step's ``h_in[b]``): the shallow path of a PARTIAL step, composed by hand.
+    """
+    emb = unet.time_embedding(unet.time_proj(t.expand(x.shape[0])).to(x.dtype))
+    skips = [unet.conv_in(x)]
+    h = skips[0]
+    for block in unet.down_blocks:
+        attns = getattr(block, "attentions", None)
+        for j, res in enumerate(block.resnets):
+            h = res(h, emb)
+            h = attns[j](h) if attns else h
+            skips.append(h)
+        for down in block.downsamplers or []:
+            h = down(h)
+            skips.append(h)
+    h_in, s = {}, len(skips)
+    h = unet.mid_block(h, emb) if b is None else deep
+    for block in unet.up_blocks:
+        attns = getattr(block, "attentions", None)
+        for j, res in enumerate(block.resnets):
+            s -= 1
+            if b is not None and s > b:
+                continue  # deep: its output is what ``deep`` already holds
+            h_in[s] = h
+            h = res(torch.cat([h, skips[s]], dim=1), emb)
+            h = attns[j](h) if attns else h
+        if b is None or s <= b:
+            for up in block.upsamplers or []:
+                h = up(h)
+    return unet.conv_out(unet.conv_act(unet.conv_norm_out(h))), h_in
+
+
+@torch.no_grad()
+def test_hooked_partial_equals_a_hand_composed_shallow_path(embedded_unet):
+    """PARTIAL(b) at a fresh input equals the stock blocks composed by hand: shallow down path and
+    up path from the input, with the deep up-path input taken from the FULL step before."""
+    unet = embedded_unet
+    g = torch.Generator().manual_seed(2)
+    x1, x2 = torch.randn(2, 1, 28, 28, generator=g), torch.randn(2, 1, 28, 28, generator=g)
+    t1, t2 = torch.tensor(600), torch.tensor(540)
+    full, h_in = composed(unet, x1, t1)
+    assert (full - unet(x1, t1).sample).abs().max() <= 1e-5  # the composition is the stock forward
+    with PartialUNet(unet) as pu:
+        for b in range(pu.num_branches):
+            pu.full()
+            unet(x1, t1)
+            pu.partial(b)
+            hooked = unet(x2, t2).sample
+            pu.off()
+            by_hand = composed(unet, x2, t2, b, h_in[b])[0]
+            assert (hooked - by_hand).abs().max() <= 1e-5, b
+            assert (hooked - unet(x2, t2).sample).abs().max() > 1e-4, b  # and it is not the FULL output
