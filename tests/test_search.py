@@ -305,6 +305,39 @@ def test_workers_give_the_in_process_front(nsga_run, tmp_path):
     assert [r["rfid"] for r in fa] == [r["rfid"] for r in fb]
     assert [r["macs_ratio"] for r in fa] == [r["macs_ratio"] for r in fb]
     assert [r["genome"] for r in fa] == [r["genome"] for r in fb]
+    for name in ("front.json", "front.csv"):  # the seed's files, byte for byte, on Dask workers too
+        assert (out / name).read_bytes() == (nsga_run / name).read_bytes(), name
+
+
+def test_a_worker_killed_mid_evaluation_is_retried(nsga_run, tmp_path, monkeypatch):
+    """SIGKILL one Dask worker process while it evaluates (a fresh feature store, so evaluations
+    take real time): Dask reschedules its task, the nanny restarts it, the front is unchanged."""
+    import signal
+    import threading
+
+    import psutil
+
+    monkeypatch.setenv("FLEXNAS_CACHE", str(tmp_path / "cold-cache"))
+    killed, stop = [], threading.Event()
+
+    def killer():
+        me = psutil.Process()
+        while not stop.is_set() and not killed:
+            workers = [c for c in me.children(recursive=True) if time.time() - c.create_time() > 8]
+            if workers:
+                os.kill(workers[0].pid, signal.SIGKILL)
+                killed.append(workers[0].pid)
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        assert cli(search_argv(tmp_path / "run", "--workers", "2", "--wall-images", "0", "--choose", "1")) == 0
+    finally:
+        stop.set()
+        thread.join()
+    assert killed, "no worker was killed: the test did not test anything"
+    assert front_of(tmp_path / "run") == front_of(nsga_run)
 
 
 # --------------------------------------------------------------------------- evaluation cache

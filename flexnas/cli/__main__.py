@@ -1,0 +1,7 @@
+"""``python -m flexnas.cli``."""
+
+import sys
+
+from flexnas.cli import main
+
+sys.exit(main())
