@@ -490,3 +490,48 @@ def test_img2img_drop_with_a_multistep_scheduler_is_refused(tiny_sd):
             run_img2img(pipe, 0.6)
     with flexnas.apply(pipe, Plan.step_reduction("DPMSolverMultistepScheduler", 10, 5, "reuse")):
         assert np.isfinite(run_img2img(pipe, 0.6)).all()
+
+
+# ----------------------------------------------------------------------------- every common scheduler
+COMMON = {
+    "DDIMScheduler": {}, "PNDMScheduler": {"skip_prk_steps": True}, "DPMSolverMultistepScheduler": {},
+    "DPMSolverMultistepScheduler-sde": {"algorithm_type": "sde-dpmsolver++"}, "UniPCMultistepScheduler": {},
+    "EulerDiscreteScheduler": {}, "EulerAncestralDiscreteScheduler": {}, "HeunDiscreteScheduler": {},
+    "LCMScheduler": {},
+}
+
+
+@pytest.mark.parametrize("key", list(COMMON))
+def test_every_common_scheduler_on_a_stock_pipeline(tiny_sd, key):
+    """The teacher plan equals the stock Stable Diffusion call exactly; step reduction runs in every null mode
+    the scheduler supports (and drop is refused in one line where it cannot), following the plan."""
+    import diffusers
+
+    name = key.split("-")[0]
+    pipe = tiny_sd
+    pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config, **COMMON[key])
+    steps = 6
+
+    def call():
+        return pipe("abc xyz", num_inference_steps=steps, guidance_scale=3.0, generator=gen(0),
+                    output_type="latent").images
+
+    stock = call()
+    with flexnas.apply(pipe, Plan.teacher(name, steps)):
+        assert maxdiff(call(), stock) == 0
+    cannot_drop = name in ("PNDMScheduler", "UniPCMultistepScheduler", "EulerAncestralDiscreteScheduler")
+    for mode in ("drop", "reuse"):
+        plan = Plan.step_reduction(name, steps, 3, mode)  # F . F . F .
+        if mode == "drop" and cannot_drop:  # no custom timesteps: refused in one line, before sampling
+            with pytest.raises(FlexnasError, match="use null mode 'reuse'"):
+                flexnas.apply(pipe, plan)
+            continue
+        with flexnas.apply(pipe, plan) as ctl:
+            out = call()
+        c = ctl.counter
+        assert torch.isfinite(out).all() and maxdiff(out, stock) > 1e-4
+        # Heun visits every timestep but the first twice (second order); PLMS visits its second step twice
+        expected = {("HeunDiscreteScheduler", "drop"): (5, 3), ("HeunDiscreteScheduler", "reuse"): (5, 6),
+                    ("PNDMScheduler", "reuse"): (3, 4)}.get((name, mode), (3, 3))
+        assert (c.full, c.null) == expected and c.partial == {}
+    assert maxdiff(call(), stock) == 0  # nothing of the plans stayed
