@@ -188,8 +188,13 @@ class PlanController:
                                "(image-to-image, inpainting at strength < 1): use null mode 'reuse', or DDIM")
         self._orig_begin(begin_index)
 
+    @torch.compiler.disable
     def step_index(self, timestep: Any) -> int:
-        """The base-schedule step of ``timestep`` (after ``set_timesteps``)."""
+        """The base-schedule step of ``timestep`` (after ``set_timesteps``).
+
+        A Python lookup on the timestep's value: under ``torch.compile(pipe.unet)`` it runs outside
+        the graph (one clean break), and the U-Net's forward after it is compiled as usual.
+        """
         key = timestep_key(timestep)
         if key not in self._step_of:
             raise FlexnasError(f"timestep {key} is not in the plan's base schedule: call "

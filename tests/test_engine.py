@@ -535,3 +535,32 @@ def test_every_common_scheduler_on_a_stock_pipeline(tiny_sd, key):
                     ("PNDMScheduler", "reuse"): (3, 4)}.get((name, mode), (3, 3))
         assert (c.full, c.null) == expected and c.partial == {}
     assert maxdiff(call(), stock) == 0  # nothing of the plans stayed
+
+
+@pytest.mark.parametrize("order", ["compile, then apply", "apply, then compile"])
+def test_torch_compile_of_the_unet_works_in_either_order(embedded_unet, scheduler_config, order):
+    """``pipe.unet = torch.compile(pipe.unet)`` before or after ``flexnas.apply`` gives the planned images
+    (dynamo's graph-capturing backend here, to stay quick), and the stock ones again after removal."""
+    def fresh():
+        p = DDIMPipeline(embedded_unet, DDIMScheduler.from_config(scheduler_config))
+        p.set_progress_bar_config(disable=True)
+        return p
+
+    def call(p):
+        return p(batch_size=B, generator=gen(0), num_inference_steps=T, output_type="pt").images
+
+    plan = mixed_plan("DDIMScheduler", "drop")
+    pipe = fresh()
+    stock = call(pipe)
+    with flexnas.apply(pipe, plan):
+        planned = call(pipe)
+    pipe = fresh()
+    if order.startswith("compile"):
+        pipe.unet = torch.compile(pipe.unet, backend="eager")
+        assert maxdiff(call(pipe), stock) == 0
+    with flexnas.apply(pipe, plan) as ctl:
+        if order.startswith("apply"):
+            pipe.unet = torch.compile(pipe.unet, backend="eager")
+        assert maxdiff(call(pipe), planned) == 0
+        assert ctl.counter.as_dict() == plan.counts()
+    assert maxdiff(call(pipe), stock) == 0
