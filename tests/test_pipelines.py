@@ -1,0 +1,95 @@
+"""flexnas.apply on the pipelines users run beyond text-to-image: inpainting and ControlNet (tiny, offline)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import flexnas
+from flexnas.plan import Plan
+
+STEPS = 10
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def image(channels: int = 3) -> torch.Tensor:
+    return torch.linspace(0, 1, channels * 16 * 16).reshape(1, channels, 16, 16)
+
+
+@pytest.fixture
+def inpaint(tiny_sd):
+    """StableDiffusionInpaintPipeline on the tiny components with a 9-channel U-Net (latents, mask, masked image)."""
+    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+
+    torch.manual_seed(1)
+    unet = UNet2DConditionModel.from_config({**tiny_sd.unet.config, "in_channels": 9}).eval()
+    pipe = StableDiffusionInpaintPipeline(**{**tiny_sd.components, "unet": unet})
+    pipe.set_progress_bar_config(disable=True)
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 4:12, 4:12] = 1
+
+    def call(strength: float = 1.0):
+        return pipe("abc xyz", image=image(), mask_image=mask, strength=strength, num_inference_steps=STEPS,
+                    guidance_scale=3.0, generator=gen(), output_type="np").images
+
+    return pipe, call
+
+
+@pytest.fixture
+def controlnet(tiny_sd):
+    """StableDiffusionControlNetPipeline with a ControlNet made from the tiny U-Net."""
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    torch.manual_seed(2)
+    net = ControlNetModel.from_unet(tiny_sd.unet, conditioning_embedding_out_channels=(16, 32)).eval()
+    for p in net.parameters():  # from_unet zero-initialises the residual convolutions: make them matter
+        if p.dim() == 4 and p.abs().sum() == 0:
+            torch.nn.init.normal_(p, std=0.1)
+    pipe = StableDiffusionControlNetPipeline(**tiny_sd.components, controlnet=net)
+    pipe.set_progress_bar_config(disable=True)
+
+    def call(cond_scale: float = 1.0):
+        return pipe("abc xyz", image=image(), num_inference_steps=STEPS, guidance_scale=3.0, generator=gen(),
+                    controlnet_conditioning_scale=cond_scale, output_type="np").images
+
+    return pipe, call
+
+
+@pytest.mark.parametrize("which", ["inpaint", "controlnet"])
+def test_teacher_is_the_stock_call_and_plans_agree_across_null_modes(request, which):
+    pipe, call = request.getfixturevalue(which)
+    stock = call()
+    with flexnas.apply(pipe, Plan.teacher("DDIMScheduler", STEPS)):
+        assert abs(call() - stock).max() == 0
+    outs = {}
+    for mode in ("drop", "reuse"):
+        plan = Plan.uniform("DDIMScheduler", STEPS, 2, 3, 2, mode)  # F p2 p2 . . F p2 p2 . .
+        with flexnas.apply(pipe, plan) as ctl:
+            outs[mode] = call()
+        assert ctl.counter.as_dict() == plan.counts()
+    assert abs(outs["drop"] - outs["reuse"]).max() <= 1e-4
+    assert abs(outs["drop"] - stock).max() > 1e-4
+    assert abs(call() - stock).max() == 0
+
+
+def test_inpainting_at_partial_strength_follows_the_plan(inpaint):
+    pipe, call = inpaint
+    outs = {}
+    for mode in ("drop", "reuse"):
+        with flexnas.apply(pipe, Plan.step_reduction("DDIMScheduler", STEPS, 5, mode)) as ctl:
+            outs[mode] = call(0.6)
+        assert ctl.counter.as_dict() == {"full": 3, "partial": {}, "null": 3}  # steps 4..9 of 10
+    assert abs(outs["drop"] - outs["reuse"]).max() <= 1e-4
+
+
+def test_controlnet_residuals_reach_fresh_and_cached_skips(controlnet):
+    """The ControlNet's residuals change the planned images (added to the fresh shallow skips at
+    PARTIAL steps, and through the cached deep features to every later step)."""
+    pipe, call = controlnet
+    plan = Plan.deepcache("DDIMScheduler", STEPS, 5, 1)
+    with flexnas.apply(pipe, plan):
+        with_control, without = call(1.0), call(0.0)
+    assert abs(with_control - without).max() > 1e-4
