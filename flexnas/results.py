@@ -16,7 +16,9 @@ from flexnas.report import plan_family, plot_pareto, save_grid, side_by_side
 from flexnas.measures import GROUND_TRUTH, MEASURES
 
 BASE_FIELDS = ("key", "generation", "family", "N", "strip", "macs", "macs_ratio")
-COST_FIELDS = ("eval_s", "sample_s", "calls", "wall_s", "teacher_wall_s", "wall_ratio")  # vary run to run
+# what varies from run to run (timings, calls made, and the generation of a record evaluated again after a
+# damaged evaluations.jsonl): kept out of the files that describe the result
+COST_FIELDS = ("eval_s", "sample_s", "calls", "wall_s", "teacher_wall_s", "wall_ratio", "generation")
 TAIL_FIELDS = (*COST_FIELDS, "naive_calls", "genome")
 
 
@@ -33,9 +35,10 @@ def write_records(records: list[dict], stem: Path, costs: bool = True) -> None:
     calls made, so the files depend on the seed alone (the same seed: byte-identical files, resumed or not)."""
     if not costs:
         records = [{k: v for k, v in r.items() if k not in COST_FIELDS} for r in records]
+    fields = [f for f in csv_fields(records) if costs or f not in COST_FIELDS]
     stem.with_suffix(".json").write_text(json.dumps(records, indent=1, default=str))
     with stem.with_suffix(".csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=csv_fields(records), extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for r in records:
             w.writerow({**r, "N": r["plan"]["N"], "family": plan_family(r["plan"]) or "searched",

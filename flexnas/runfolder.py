@@ -76,6 +76,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+SUBFOLDERS = ("plans", "grids")  # the only folders in a run folder; everything else is a file
+
+
+def _check_layout(out: Path) -> None:
+    """A run folder holds files, and the plans/ and grids/ folders of files: refuse anything else
+    before writing, so a resume never stops half-way over a folder where a file should be."""
+    for p in sorted(out.iterdir()):
+        inner = list(p.iterdir()) if p.is_dir() and p.name in SUBFOLDERS else []
+        for q in ([p] if p.name not in SUBFOLDERS else inner):
+            if not q.is_file():
+                raise FlexnasError(f"{q} should be a file but is not: remove it, then --resume again (it is "
+                                   "rebuilt)")
+
+
 def _held(lock: Path) -> bool:
     """Whether the lock's owner may still run (another host's, or a live process here)."""
     import socket
@@ -95,6 +109,8 @@ def run_folder(out: Path, resume: bool):
 
     if resume and not out.is_dir():
         raise FlexnasError(f"--resume: run folder {out} does not exist")
+    if resume:
+        _check_layout(out)
     if not resume:
         if out.exists() and not out.is_dir():
             raise FlexnasError(f"--out {out} is a file: give a folder")

@@ -303,10 +303,14 @@ def test_resolution_override(folders):
     ("prompts-on-pixel", "not a text-to-image pipeline"),
     ("fp16-cpu", "fp16 runs on a GPU only"),
     ("scheduler", "unknown scheduler 'NoSuchScheduler'"),
+    ("index-list", "holds a JSON list, not the object diffusers writes"),
 ])
 def test_cli_errors_are_one_line(folders, tmp_path, capsys, case, message):
     out = tmp_path / "run"
-    model = {"missing": str(tmp_path / "missing-model"), "dit": str(folders["dit"]),
+    if case == "index-list":
+        (tmp_path / "listed").mkdir()
+        (tmp_path / "listed" / "model_index.json").write_text("[1, 2]")
+    model = {"index-list": str(tmp_path / "listed"), "missing": str(tmp_path / "missing-model"), "dit": str(folders["dit"]),
              "no-index": str(folders["ddpm"] / "unet"), "hub": "nobody/no-such-model"}.get(case, str(folders["ddpm"]))
     extra = {"prompts-on-pixel": ["--prompts", str(folders["prompts_txt"])], "fp16-cpu": ["--dtype", "fp16"],
              "scheduler": ["--scheduler", "NoSuchScheduler"]}.get(case, [])
@@ -316,7 +320,7 @@ def test_cli_errors_are_one_line(folders, tmp_path, capsys, case, message):
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert message in err and lines[0].startswith("flexnas: error: ")
-    if case in ("missing", "dit", "neither", "fp16-cpu", "scheduler"):
+    if case in ("missing", "dit", "neither", "fp16-cpu", "scheduler", "index-list"):
         assert not out.exists()  # nothing written before the model was checked
     if case == "missing":
         assert str(tmp_path / "missing-model") in err
@@ -336,6 +340,16 @@ def test_other_commands_take_model(folders, capsys, command):
         assert "PNDMScheduler" in out
     rc, _, err = run(capsys, command, "--model", str(folders["dit"]), *extra)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "transformer" in err
+
+
+def test_named_problem_on_other_weights(folders, capsys):
+    """``--problem fashion-mnist --model DIR``: the embedded problem's settings on another DDPM folder."""
+    from problems.fashion_mnist import PIPELINE_DIR
+
+    rc, out, err = run(capsys, "branches", "--problem", "fashion-mnist", "--model", str(PIPELINE_DIR))
+    assert rc == 0 and out.splitlines()[0] == "0\tconv_in", err
+    rc, out, err = run(capsys, "branches", "--problem", "fashion-mnist", "--model", str(folders["dit"]))
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 def test_sample_with_model_writes_grid(folders, tmp_path, capsys):

@@ -571,6 +571,34 @@ def test_existing_out_is_never_overwritten(tmp_path, capsys):
     assert snapshot(out) == before
 
 
+@pytest.mark.parametrize("name", ["run.json", "checkpoint.pkl", "evaluations.jsonl", "front.json", "front.csv",
+                                  "candidates.json", "summary.json", "plans/plan_0.json", "chosen.json", ".lock"])
+@pytest.mark.parametrize("damage", ["garbage", "empty", "folder"])
+def test_each_run_file_damaged_in_turn(nsga_run, tmp_path, capsys, name, damage):
+    """Each file of a finished run damaged in turn, then --resume: either the complete run folder with
+    the same front (outputs rebuilt), or one clear line with the folder left exactly as it was."""
+    run = tmp_path / "run"
+    shutil.copytree(nsga_run, run)
+    path = run / name
+    if path.exists():
+        path.unlink()
+    if damage == "folder":
+        path.mkdir(parents=True)
+    else:
+        path.write_bytes(b"" if damage == "empty" else b"\x00garbage\xff" * 7)
+    before = snapshot(run)
+    rc = cli(search_argv(run, "--resume"))
+    if rc == 0:
+        for out in OUTPUTS:
+            assert (run / out).is_file(), out
+        assert front_of(run) == front_of(nsga_run)
+        assert (run / "front.json").read_bytes() == (nsga_run / "front.json").read_bytes()
+    else:
+        assert rc == 2
+        assert_one_error_line(capsys)
+        assert snapshot(run) == before
+
+
 def test_resume_with_corrupt_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
