@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,8 +93,6 @@ def _check_layout(out: Path) -> None:
 
 def _held(lock: Path) -> bool:
     """Whether the lock's owner may still run (another host's, or a live process here)."""
-    import socket
-
     owner = _owner(lock)
     return owner is not None and (owner[1] != socket.gethostname() or _alive(owner[0]))
 
@@ -105,13 +104,11 @@ def run_folder(out: Path, resume: bool):
     The lock file holds the owner's pid and host; a lock whose process is gone (killed) is stale
     and taken over. A folder this call created is removed again if it ends empty (a failed start).
     """
-    import socket
-
-    if resume and not out.is_dir():
-        raise FlexnasError(f"--resume: run folder {out} does not exist")
     if resume:
+        if not out.is_dir():
+            raise FlexnasError(f"--resume: run folder {out} does not exist")
         _check_layout(out)
-    if not resume:
+    else:
         if out.exists() and not out.is_dir():
             raise FlexnasError(f"--out {out} is a file: give a folder")
         if out.exists() and any(p.name != LOCK or _held(p) for p in out.iterdir()):

@@ -1,12 +1,9 @@
 """The search: a pymoo problem over plan genomes, run by GA or NSGA-II through ``minimize``.
 
-Evaluation is the expensive part, so it is never repeated: the run's evaluation records (one
-line per canonical genome) answer known genomes, the feature store (``flexnas.store``) answers
-known step sequences from any run, and a prefix store lets a candidate start from the latents
-of an earlier one with the same steps up to a FULL step. Uncached genomes are evaluated
-in-process, or on Dask workers through pymoo's ``DaskParallelization``; each worker process
-loads the model once. Every record holds every measure of ``flexnas.measures``; the goal's
-objective is what pymoo sees.
+Evaluation is the expensive part, so it is never repeated: the run's evaluation records
+(``flexnas.runfolder``) answer known genomes, and ``flexnas.candidates`` scores the rest from the
+feature store, in-process or on Dask workers through pymoo's ``DaskParallelization``. Settings
+live in ``flexnas.config``. One generation is traced in docs/DESIGN.md, section 6.
 """
 
 from __future__ import annotations
