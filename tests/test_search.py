@@ -254,6 +254,24 @@ def test_resume_rebuilds_lost_evaluation_records(nsga_run, tmp_path, damage):
     assert front_of(run) == front_of(nsga_run)
 
 
+def test_two_resumes_at_once(nsga_run, tmp_path, capsys):
+    """A second --resume while the first runs is refused in one line; the first finishes the run."""
+    run = tmp_path / "run"
+    shutil.copytree(nsga_run, run)
+    first = subprocess.Popen([sys.executable, "-m", "flexnas.cli", *search_argv(run, "--resume", "--gens", "4")],
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (run / ".lock").is_file() and time.time() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        assert (run / ".lock").read_text().split()[0] == str(first.pid)
+        assert cli(search_argv(run, "--resume", "--gens", "4")) == 2
+        assert f"in use by process {first.pid}" in assert_one_error_line(capsys)
+    finally:
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert load_checkpoint(run / "checkpoint.pkl").n_gen == 4 and not (run / ".lock").exists()
+
+
 def test_evaluation_records_survive_cuts_and_damage(tmp_path):
     """A cut last line is skipped and the next record keeps a line of its own; an altered record fails
     its checksum and is dropped (evaluated again), while whole records are all kept."""

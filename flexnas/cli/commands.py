@@ -94,9 +94,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     positive("images", args.images)
     if Path(args.out).suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise FlexnasError(f"--out {args.out}: give a .png or .jpg file name")
-    out = new_file(args.out)
     problem = load_problem(args)
     plan = read_plan(args.plan, problem) if args.plan else None
+    out = new_file(args.out)  # checked writable before sampling; made only once the inputs are good
     loaded = problem.load()
     images = loaded.images(plan, n=args.images, seed=args.seed)
     save_grid(images, out)
