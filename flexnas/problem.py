@@ -236,7 +236,7 @@ class LoadedProblem:
         own ``T`` is its base schedule (a stock ``num_inference_steps=k`` run is ``Plan.teacher(.., k)``).
 
         With a ``prefixes`` store (stateless schedulers such as DDIM), a plan whose steps up to one of
-        its FULL steps equal an earlier plan's starts from the latents stored there.
+        its active steps equal an earlier plan's starts from the state stored there.
         """
         p = self.problem
         n = p.num_images if n is None else n
@@ -246,7 +246,7 @@ class LoadedProblem:
         plan = plan or p.teacher_plan()
         if prefixes is not None and not is_ddim(self.scheduler):
             prefixes = None  # a multistep scheduler's state is more than the latents
-        out, full = [], [s.kind is StepKind.FULL for s in plan.steps]
+        out, active = [], [s.kind is not StepKind.NULL for s in plan.steps]
         with PlanController(self.unet, self.scheduler, plan, forward=self.forward) as ctl:
             if start % p.batch_size:
                 raise FlexnasError(f"start {start} is not a multiple of the batch size {p.batch_size}")
@@ -255,20 +255,21 @@ class LoadedProblem:
                     continue
                 noise, g = self.noise(first, stop, seed)
                 batch_key = (seed, first, stop)
-                start_step, start_x = 0, None
+                start_step, start_x, start_cache = 0, None, None
                 if prefixes is not None:
                     hit = prefixes.longest(plan, batch_key)
                     if hit is not None:
-                        start_step, start_x, g_state = hit
+                        start_step, start_x, g_state, start_cache = hit
                         g.set_state(g_state)
 
                 def on_step(i: int, x: torch.Tensor, g: torch.Generator = g, batch_key: tuple = batch_key) -> None:
-                    if prefixes is not None and i > start_step and full[i]:
-                        prefixes.put(plan, i, batch_key, x, g.get_state())
+                    if prefixes is not None and i > start_step and active[i]:
+                        prefixes.put(plan, i, batch_key, x, g.get_state(), ctl.partial.state.cache)
 
                 out.append(sample(self.unet, self.scheduler, plan.T, plan=plan, noise=noise, generator=g,
                                   cond=self.conditioning(first, stop), eta=p.eta, counter=counter, controller=ctl,
-                                  start_step=start_step, start_x=start_x, on_step=on_step))
+                                  start_step=start_step, start_x=start_x, start_cache=start_cache,
+                                  on_step=on_step))
         return torch.cat(out)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -66,14 +66,15 @@ def sample(unet: torch.nn.Module, scheduler: Any, T: int, shape: tuple[int, ...]
            plan: Plan | None = None, noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
            cond: Conditioning | None = None, eta: float = 0.0, counter: StepCounter | None = None,
            controller: PlanController | None = None, start_step: int = 0, start_x: torch.Tensor | None = None,
-           on_step: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+           start_cache: dict | None = None, on_step: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Run the sampler for ``T`` base steps under ``plan`` (None = stock) and return the final latents.
 
     Noise is ``noise`` if given, else drawn from ``generator`` exactly as diffusers
     pipelines draw it; stochastic schedulers draw their step noise from the same generator.
     A ``controller`` already installed for ``plan`` is reused (cheaper than re-hooking).
     With a plan, ``on_step(i, x)`` sees the latents before base step ``i``, and
-    ``start_step``/``start_x`` resume from latents stored there (stateless schedulers only).
+    ``start_step``/``start_x``/``start_cache`` resume from latents and a feature cache stored there
+    (stateless schedulers only; ``start_step`` is an active step, so no earlier output is needed).
     """
     cond = cond or Conditioning()
     if noise is None:
@@ -83,6 +84,8 @@ def sample(unet: torch.nn.Module, scheduler: Any, T: int, shape: tuple[int, ...]
     with ctx as ctl:
         scheduler.set_timesteps(T)
         x = noise * scheduler.init_noise_sigma if start_x is None else start_x
+        if start_cache is not None:
+            ctl.partial.state.cache.update(start_cache)
         kw, skw = cond.unet_kwargs(), step_kwargs(scheduler, eta, generator)
         for t in scheduler.timesteps:
             if ctl is not None:

@@ -120,18 +120,30 @@ class FeatureStore:
                 "calls": int(sum(b["calls"] for b in bs))}
 
 
-class PrefixStore:
-    """Latents before FULL steps, keyed by the steps that led there (LRU, bounded in bytes).
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    """The tensors in a module output (a tensor, or tuples, lists and dicts of them)."""
+    if torch.is_tensor(obj):
+        return [obj]
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    return [t for o in obj for t in _tensors(o)] if isinstance(obj, (tuple, list)) else []
 
-    Candidates whose step sequences agree up to a FULL step share the sampler state there:
-    the FULL step refills the feature cache, so only the latents (and the generator state,
-    for stochastic samplers) need storing. Keys are step sequences, not segments, so plans
-    of different N (or with skipped segments) share too.
+
+class PrefixStore:
+    """Sampler states before active steps, keyed by the steps that led there (LRU, bounded in bytes).
+
+    Candidates whose step sequences agree up to an active step (FULL or PARTIAL) share the
+    sampler's state there: the latents, the generator state (stochastic samplers) and, before
+    a PARTIAL step, the feature cache the last FULL step filled (what a PARTIAL step reads; a
+    state before a FULL step keeps none and serves only plans that run FULL there). States
+    taken after the same FULL step share its cached tensors, which are counted once. Keys are
+    step sequences, not segments, so plans of different N (or with skipped segments) share too.
     """
 
-    def __init__(self, max_bytes: int = 512 * 2**20):
+    def __init__(self, max_bytes: int = 2 * 2**30):
         self.max_bytes, self.bytes = max_bytes, 0
-        self._items: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._items: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, dict | None]] = OrderedDict()
+        self._refs: dict[int, int] = {}  # id of a stored tensor -> states holding it
         self.hits = 0
         self.steps_saved = 0  # base steps not re-run thanks to a hit
 
@@ -139,29 +151,43 @@ class PrefixStore:
     def _key(plan: Plan, i: int, batch_key: tuple) -> tuple:
         return (plan.scheduler, plan.T, plan.null_mode, plan.steps[:i], batch_key)
 
-    def put(self, plan: Plan, i: int, batch_key: tuple, x: torch.Tensor, g_state: torch.Tensor) -> None:
+    def _count(self, item: tuple, sign: int) -> None:
+        x, _, cache = item
+        for t in [x, *_tensors(cache or {})]:
+            n = self._refs.get(id(t), 0) + sign
+            if n == 0 or (sign > 0 and n == 1):  # first holder added, or last holder gone
+                self.bytes += sign * t.numel() * t.element_size()
+            if n:
+                self._refs[id(t)] = n
+            else:
+                self._refs.pop(id(t), None)
+
+    def put(self, plan: Plan, i: int, batch_key: tuple, x: torch.Tensor, g_state: torch.Tensor,
+            cache: dict) -> None:
+        """Store the state before active step ``i`` of ``plan`` (``cache``: the live feature cache)."""
         key = self._key(plan, i, batch_key)
-        if key in self._items:
+        if key in self._items and (self._items[key][2] is not None or plan.steps[i].kind is StepKind.FULL):
             self._items.move_to_end(key)
             return
-        x = x.detach().clone()
-        self._items[key] = (x, g_state)
-        self.bytes += x.numel() * x.element_size()
+        if key in self._items:  # held without a cache (taken before a FULL step): this one serves PARTIAL too
+            self._count(self._items.pop(key), -1)
+        item = (x.detach().clone(), g_state, None if plan.steps[i].kind is StepKind.FULL else dict(cache))
+        self._items[key] = item
+        self._count(item, +1)
         while self.bytes > self.max_bytes and self._items:
-            _, (old, _) = self._items.popitem(last=False)
-            self.bytes -= old.numel() * old.element_size()
+            self._count(self._items.popitem(last=False)[1], -1)
 
-    def longest(self, plan: Plan, batch_key: tuple) -> tuple[int, torch.Tensor, torch.Tensor] | None:
-        """(base step, latents, generator state) at the latest stored FULL step of ``plan``."""
+    def longest(self, plan: Plan, batch_key: tuple) -> tuple[int, torch.Tensor, torch.Tensor, dict] | None:
+        """(base step, latents, generator state, feature cache) at the latest stored active step of ``plan``."""
         steps = plan.steps
         for i in range(len(steps) - 1, 0, -1):
-            if steps[i].kind is not StepKind.FULL:
+            if steps[i].kind is StepKind.NULL:
                 continue
             key = self._key(plan, i, batch_key)
             item = self._items.get(key)
-            if item is not None:
+            if item is not None and (item[2] is not None or steps[i].kind is StepKind.FULL):
                 self._items.move_to_end(key)
                 self.hits += 1
                 self.steps_saved += i
-                return i, item[0].clone(), item[1]
+                return i, item[0].clone(), item[1], dict(item[2] or {})
         return None

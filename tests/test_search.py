@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from flexnas.cli import main
+from flexnas.engine import StepCounter
 from flexnas.plan import Plan, Segment
 from flexnas.store import PrefixStore
 from flexnas.candidates import CandidateEvaluator, EvalTask
@@ -450,6 +451,42 @@ def test_prefix_reuse_is_exact_and_saves_calls(small_config):
     assert reused == [8, 3, 5, 5]
     # the repeat of A is answered by the store: no sampling at all
     assert reuse_store.has(plans[4], 8) and ev.evaluate(plans[0])["macs"] == ev.evaluate(plans[4])["macs"]
+
+
+def test_prefix_store_counts_shared_cache_tensors_once():
+    plan = Plan("DDIMScheduler", 10, ((1, 4), (1, 4)))  # F p1 p1 p1 . F p1 p1 p1 .
+    x = torch.zeros(100)  # 400 bytes
+    cache = {"a": torch.zeros(1000), "b": (torch.zeros(500),)}  # 6000 bytes, one FULL step's features
+    store = PrefixStore(max_bytes=10**6)
+    for i in (1, 2, 3):
+        store.put(plan, i, ("batch",), x, None, cache)
+    assert store.bytes == 3 * 400 + 6000
+    store.put(plan, 5, ("batch",), x, None, cache)  # before a FULL step: no cache kept
+    assert store.bytes == 4 * 400 + 6000
+    assert store.longest(plan, ("batch",))[0] == 5
+    small = PrefixStore(max_bytes=7000)
+    for i in (1, 2, 3):
+        small.put(plan, i, ("batch",), x, None, cache)
+    assert small.bytes == 2 * 400 + 6000  # the oldest state went; the cache it shared stays counted once
+    hit = small.longest(plan, ("batch",))
+    assert hit[0] == 3 and hit[3].keys() == cache.keys()
+
+
+@pytest.mark.parametrize("null_mode", ["drop", "reuse"])
+def test_prefix_reuse_at_partial_steps(small_config, null_mode):
+    """Plans that agree up to a PARTIAL step share the state there (latents and the feature cache of the
+    FULL step before it): bit-identical latents, and only the steps after it are run."""
+    ev = CandidateEvaluator.get(small_config, 1)
+    S = "DDIMScheduler"
+    first = Plan(S, 10, ((1, 4), (1, 4)), null_mode)  # F p1 p1 p1 . | F p1 p1 p1 .
+    second = Plan(S, 10, ((1, 4), (1, 3)), null_mode)  # F p1 p1 p1 . | F p1 p1 . .  (agrees up to step 7)
+    prefixes = PrefixStore()
+    ev.loaded.latents(first, n=8, prefixes=prefixes)
+    counter = StepCounter()
+    shared = ev.loaded.latents(second, n=8, prefixes=prefixes, counter=counter)
+    assert torch.equal(shared, ev.loaded.latents(second, n=8))
+    assert counter.calls == 1  # step 7 (PARTIAL); steps 0..6 came from the store
+    assert prefixes.hits == 1 and prefixes.steps_saved == 7
 
 
 # --------------------------------------------------------------------------- feature store, re-scoring
