@@ -93,3 +93,37 @@ def test_controlnet_residuals_reach_fresh_and_cached_skips(controlnet):
     with flexnas.apply(pipe, plan):
         with_control, without = call(1.0), call(0.0)
     assert abs(with_control - without).max() > 1e-4
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_lora_loaded_through_peft(tiny_sd, tmp_path, fused):
+    """A LoRA saved and loaded with diffusers' PEFT integration (fused into the weights or not): the teacher
+    plan is the stock call exactly, a DeepCache plan runs in both null modes alike, and the LoRA matters."""
+    pytest.importorskip("peft")
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = tiny_sd
+    torch.manual_seed(3)
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    pipe.save_lora_weights(tmp_path, unet_lora_layers=get_peft_model_state_dict(pipe.unet), safe_serialization=True)
+    pipe.unet.delete_adapters("default")
+
+    def call():
+        return pipe("abc xyz", num_inference_steps=STEPS, guidance_scale=3.0, generator=gen(),
+                    output_type="np").images
+
+    base = call()
+    pipe.load_lora_weights(tmp_path, adapter_name="style")
+    if fused:
+        pipe.fuse_lora()
+    stock = call()
+    assert abs(stock - base).max() > 1e-4  # the LoRA changes the images
+    with flexnas.apply(pipe, Plan.teacher("DDIMScheduler", STEPS)):
+        assert abs(call() - stock).max() == 0
+    outs = {}
+    for mode in ("drop", "reuse"):
+        with flexnas.apply(pipe, Plan.uniform("DDIMScheduler", STEPS, 2, 3, 1, mode)):
+            outs[mode] = call()
+    assert abs(outs["drop"] - outs["reuse"]).max() <= 1e-4 and abs(outs["drop"] - stock).max() > 1e-4
