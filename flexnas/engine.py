@@ -213,7 +213,9 @@ class PlanController:
 
                 out = sample.new_zeros(sample.shape[0], self.unet.config.out_channels, *sample.shape[2:])
                 return (out,) if not kwargs.get("return_dict", True) else UNet2DOutput(sample=out)
-            raise FlexnasError("a NULL step came before any network call")
+            raise FlexnasError(f"the sampler starts at base step {self.step_index(timestep)}, a NULL step, with no output "
+                               "to reuse (image-to-image starts inside the schedule): use null mode 'drop', or a "
+                               "plan with an active step there")
         if step.kind is StepKind.FULL:
             self.partial.full()
             self.counter.full += 1

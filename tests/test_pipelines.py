@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import flexnas
+from flexnas.errors import FlexnasError
 from flexnas.plan import Plan
 
 STEPS = 10
@@ -127,3 +128,54 @@ def test_lora_loaded_through_peft(tiny_sd, tmp_path, fused):
         with flexnas.apply(pipe, Plan.uniform("DDIMScheduler", STEPS, 2, 3, 1, mode)):
             outs[mode] = call()
     assert abs(outs["drop"] - outs["reuse"]).max() <= 1e-4 and abs(outs["drop"] - stock).max() > 1e-4
+
+
+@pytest.fixture
+def sdxl(tiny_sd, tmp_path):
+    """A tiny StableDiffusionXLPipeline (two text encoders, added time/text conditioning), saved and reloaded."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    tok = tiny_sd.tokenizer
+    cfg = CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(4)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=8 * 6 + 32, cross_attention_dim=64,
+        norm_num_groups=8).eval()
+    pipe = StableDiffusionXLPipeline(vae=tiny_sd.vae, text_encoder=CLIPTextModel(cfg).eval(),
+                                     text_encoder_2=CLIPTextModelWithProjection(cfg).eval(), tokenizer=tok,
+                                     tokenizer_2=tok, unet=unet, scheduler=tiny_sd.scheduler)
+    pipe.save_pretrained(tmp_path / "sdxl")
+    pipe = StableDiffusionXLPipeline.from_pretrained(tmp_path / "sdxl", local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    img2img = StableDiffusionXLImg2ImgPipeline(**pipe.components)
+    img2img.set_progress_bar_config(disable=True)
+
+    def call(strength: float | None = None):
+        kw = dict(num_inference_steps=STEPS, guidance_scale=3.0, generator=gen(), output_type="np")
+        if strength is None:
+            return pipe("abc xyz", **kw).images
+        return img2img("abc xyz", image=image(), strength=strength, **kw).images
+
+    return pipe, call
+
+
+def test_sdxl_text_and_image_to_image(sdxl):
+    pipe, call = sdxl
+    for strength in (None, 0.6):
+        stock = call(strength)
+        with flexnas.apply(pipe, Plan.teacher("DDIMScheduler", STEPS)):
+            assert abs(call(strength) - stock).max() == 0
+        outs = {}
+        for mode in ("drop", "reuse"):  # F . F . F ...: at strength 0.6 the pipeline starts at step 4 (FULL)
+            with flexnas.apply(pipe, Plan.uniform("DDIMScheduler", STEPS, 5, 1, None, mode)):
+                outs[mode] = call(strength)
+        assert abs(outs["drop"] - outs["reuse"]).max() <= 1e-4 and abs(outs["drop"] - stock).max() > 1e-4
+    with flexnas.apply(pipe, Plan.uniform("DDIMScheduler", STEPS, 2, 3, 2, "reuse")):  # step 4 is NULL
+        with pytest.raises(FlexnasError, match="starts at base step 4, a NULL step"):
+            call(0.6)
