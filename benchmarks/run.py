@@ -2,7 +2,7 @@
 
     python -m benchmarks.run [--problem fashion-mnist] [--quick]
 
-The full run targets <= 90 minutes on 2 cores; ``--quick`` checks the whole pipeline in a
+The full run targets <= 120 minutes on 2 cores (see REPORT.md, findings); ``--quick`` checks the whole pipeline in a
 few minutes on tiny settings (its numbers mean nothing).
 """
 
