@@ -44,3 +44,11 @@ def save_json(name: str, data: Any, results: Path = RESULTS) -> Path:
     path = results / f"{name}.json"
     path.write_text(json.dumps(data, indent=2, default=str))
     return path
+
+
+def publish(name: str, out: dict, markdown: str, results: Path, report: Path) -> int:
+    """Save a benchmark's results as JSON, write its report section and print it."""
+    save_json(name, out, results)
+    write_section(name, markdown, report)
+    print(markdown)
+    return 0

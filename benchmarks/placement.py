@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import REPORT, RESULTS, machine, save_json, write_section
+from benchmarks.common import REPORT, RESULTS, machine, publish
 from flexnas.errors import report_errors
 from flexnas.measures import score
 from flexnas.plan import Plan, Segment
@@ -71,10 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> int:
         out = run(args.images, (8, 10, 12))
-        save_json("placement", out, Path(args.results))
-        write_section("placement", render(out), Path(args.report))
-        print(render(out))
-        return 0
+        return publish("placement", out, render(out), Path(args.results), Path(args.report))
 
     return report_errors(go, prog="placement")
 

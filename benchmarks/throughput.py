@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from benchmarks.common import REPORT, RESULTS, machine, save_json, write_section
+from benchmarks.common import REPORT, RESULTS, machine, publish
 from flexnas.errors import report_errors
 from flexnas.macs import MacCounter
 from flexnas.objectives import measure_wall
@@ -157,10 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         from pathlib import Path
 
         out = run(args.quick)
-        save_json("throughput", {k: v for k, v in out.items()}, Path(args.results))
-        write_section("throughput", render(out), Path(args.report))
-        print(render(out))
-        return 0
+        return publish("throughput", out, render(out), Path(args.results), Path(args.report))
 
     return report_errors(go, prog="throughput")
 

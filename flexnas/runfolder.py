@@ -91,9 +91,8 @@ def _check_layout(out: Path) -> None:
                                    "rebuilt)")
 
 
-def _held(lock: Path) -> bool:
-    """Whether the lock's owner may still run (another host's, or a live process here)."""
-    owner = _owner(lock)
+def _held(owner: tuple[int, str] | None) -> bool:
+    """Whether a lock's owner may still run (another host's, or a live process here)."""
     return owner is not None and (owner[1] != socket.gethostname() or _alive(owner[0]))
 
 
@@ -111,7 +110,7 @@ def run_folder(out: Path, resume: bool):
     else:
         if out.exists() and not out.is_dir():
             raise FlexnasError(f"--out {out} is a file: give a folder")
-        if out.exists() and any(p.name != LOCK or _held(p) for p in out.iterdir()):
+        if out.exists() and any(p.name != LOCK or _held(_owner(p)) for p in out.iterdir()):
             raise FlexnasError(f"run folder {out} already exists: pass --resume to continue it, or choose another --out")
     created = not out.exists()
     writable_folder(out)
@@ -121,7 +120,7 @@ def run_folder(out: Path, resume: bool):
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             owner = _owner(lock)
-            if _held(lock):
+            if _held(owner):
                 raise FlexnasError(f"run folder {out} is in use by process {owner[0]} on {owner[1]}: wait for it to "
                                    f"finish (or stop it), or remove {lock} if that process is gone") from None
             lock.unlink(missing_ok=True)  # stale: its process is gone
