@@ -2,7 +2,7 @@
 
     python -m benchmarks.compare [--problem fashion-mnist] [--quick]
 
-Every number comes from one evaluation store (``flexnas.store.FeatureStore``): a plan is
+Every number comes from one evaluation store (``flexnas.metrics.store.FeatureStore``): a plan is
 sampled once, batch by batch, and every section reads its features. Baselines and search
 candidates are screened on few images; only what can matter (each family's
 non-dominated plans in the fast region, the search fronts) is re-scored on many. Writes
@@ -17,21 +17,20 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-
 import numpy as np
 import torch
 
 from benchmarks.common import REPORT, RESULTS, machine, save_json, write_section
 from benchmarks.study import choose_measures, objective_study
 from flexnas.errors import report_errors
-from flexnas.measures import GROUND_TRUTH
-from flexnas.plan import Plan
-from flexnas.report import plan_family
-from flexnas.results import nondominated
-from flexnas.candidates import CandidateEvaluator
-from flexnas.config import SearchConfig
-from flexnas.search import run_search
-from flexnas.space import SearchSpace
+from flexnas.metrics.measures import GROUND_TRUTH
+from flexnas.plan.plan import Plan
+from flexnas.plan.space import SearchSpace
+from flexnas.report.plots import plan_family
+from flexnas.report.results import choose, nondominated
+from flexnas.search.candidates import CandidateEvaluator
+from flexnas.search.config import SearchConfig
+from flexnas.search.runner import run_search
 
 
 @dataclass
@@ -101,10 +100,7 @@ def baseline_plans(b: Bench) -> list[tuple[Plan, str, str]]:
 
 def spread(records: list[dict], k: int) -> list[dict]:
     """Up to ``k`` records spread evenly by MACs ratio."""
-    records = sorted(records, key=lambda r: r["macs_ratio"])
-    if len(records) <= k:
-        return records
-    return [records[i] for i in np.unique(np.round(np.linspace(0, len(records) - 1, k)).astype(int))]
+    return choose(sorted(records, key=lambda r: r["macs_ratio"]), k)
 
 
 def fastest_in_band(b: Bench, records: list[dict], k: int) -> list[dict]:
@@ -162,7 +158,7 @@ def searches(b: Bench, measures: dict[str, dict], runs_dir: Path) -> list[dict]:
         resume = run_dir.is_dir() and any(run_dir.iterdir())  # a stopped benchmark continues its searches
         t0 = time.time()
         res, prob = run_search(cfg, run_dir, resume=resume, progress=False)
-        from flexnas.results import front_records
+        from flexnas.report.results import front_records
 
         recs = list(prob.cache.records.values())
         front = front_records(res, prob)
@@ -205,7 +201,7 @@ def walls(b: Bench, records: list[dict]) -> None:
 
 
 def run(s: Settings, report: Path, results: Path, figures: Path) -> dict:
-    from benchmarks.render import render, targets, tables
+    from benchmarks.render import render, tables, targets
 
     t_start = time.time()
     b = Bench(s)

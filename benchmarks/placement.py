@@ -15,16 +15,15 @@ import argparse
 import sys
 from pathlib import Path
 
-
 import numpy as np
 import torch
 
 from benchmarks.common import REPORT, RESULTS, machine, publish
 from flexnas.errors import report_errors
-from flexnas.measures import score
-from flexnas.plan import Plan, Segment
-from flexnas.candidates import CandidateEvaluator
-from flexnas.config import SearchConfig
+from flexnas.metrics.measures import score
+from flexnas.plan.plan import Plan, Segment
+from flexnas.search.candidates import CandidateEvaluator
+from flexnas.search.config import SearchConfig
 
 
 def on_grid(sch: str, T: int, positions) -> Plan:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flexnas.measures import GROUND_TRUTH
-from flexnas.results import nondominated
+from flexnas.metrics.measures import GROUND_TRUTH
+from flexnas.report.results import nondominated
 
 LEVELS = (0.01, 0.05, 0.10)
 BASELINE_FAMILIES = ("steps", "deepcache")

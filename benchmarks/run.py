@@ -12,7 +12,6 @@ import argparse
 import sys
 from pathlib import Path
 
-
 from benchmarks import compare, teacher_quality
 from benchmarks.common import REPORT, RESULTS
 

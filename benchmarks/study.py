@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from flexnas.measures import GROUND_TRUTH, MEASURES, score
-from flexnas.plan import Plan
+from flexnas.metrics.measures import GROUND_TRUTH, MEASURES, score
+from flexnas.plan.plan import Plan
 
 
 def rank_agreement(x: list[float], y: list[float]) -> tuple[float, float]:
@@ -59,7 +59,8 @@ def objective_study(b, records: list[dict]) -> dict:
             tau, rho = rank_agreement(v, truth)
             rows.append({"goal": goal, "truth": f"{gt}@{hi}", "measure": m, "images": n, "tau": tau, "rho": rho,
                          "time_ratio": float(np.sum(seconds[(m, n)]) / t_truth), "measure_goal": MEASURES[m].goal})
-    return {"plans": len(plans), "families": sorted({r["family"] for r in records}), "rows": rows}
+    return {"plans": len(plans), "families": sorted({r["family"] for r in records}), "rows": rows,
+            "values": {f"{m}@{n}": v for (m, n), v in values.items()}}
 
 
 def choose_measures(study: dict, s) -> dict[str, dict]:

@@ -15,17 +15,16 @@ import sys
 import time
 from pathlib import Path
 
-
 import numpy as np
 import torch
 
 from benchmarks.common import REPORT, RESULTS, machine, save_json, write_section
 from flexnas.errors import report_errors
-from flexnas.measures import fid, statistics
-from flexnas.features import to_uint8_rgb
-from flexnas.objectives import Evaluator
-from flexnas.registry import get_problem
-from flexnas.report import save_grid
+from flexnas.metrics.evaluator import Evaluator
+from flexnas.metrics.features import to_uint8_rgb
+from flexnas.metrics.measures import fid, statistics
+from flexnas.models.registry import get_problem
+from flexnas.report.plots import save_grid
 
 GRID = Path(__file__).resolve().parents[1] / "docs" / "teacher_grid.png"
 

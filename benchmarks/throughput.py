@@ -20,16 +20,15 @@ import statistics
 import sys
 import time
 
-
 import torch
 
 from benchmarks.common import REPORT, RESULTS, machine, publish
+from flexnas.engine.partial import PartialUNet
 from flexnas.errors import report_errors
-from flexnas.macs import MacCounter
-from flexnas.objectives import measure_wall
-from flexnas.partial import PartialUNet
-from flexnas.plan import Plan
-from flexnas.registry import get_problem
+from flexnas.metrics.evaluator import measure_wall
+from flexnas.metrics.macs import MacCounter
+from flexnas.models.registry import get_problem
+from flexnas.plan.plan import Plan
 
 
 def per_step(loaded, compiled: bool, repeats: int) -> dict[str, dict]:
@@ -83,7 +82,7 @@ def plan_rate(compiled: bool, plans: list, images: int, overrides: dict) -> dict
 def random_plans(loaded, count: int) -> list:
     import numpy as np
 
-    from flexnas.space import SearchSpace
+    from flexnas.plan.space import SearchSpace
 
     p = loaded.problem
     space = SearchSpace.build(p.scheduler, p.T, len(loaded.branches), None, None, p.null_mode, True)

@@ -1,8 +1,8 @@
 """flexnas: Flexiffusion-style search of fast sampling plans for pretrained diffusion models.
 
-Layers run one way: plan and search space (pure data) -> sampling engine -> objectives
--> search -> CLI. Names are imported lazily, so ``flexnas.cli`` can configure OpenMP
-before torch loads.
+One folder per layer, imports pointing down (docs/DESIGN.md, section 9): plan (pure data)
+-> engine -> models -> metrics -> search -> report -> cli. The names below are imported
+lazily, so ``flexnas.cli`` can configure OpenMP before torch loads.
 """
 
 from importlib import import_module
@@ -11,13 +11,13 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "apply": "flexnas.pipeline", "Plan": "flexnas.plan", "Segment": "flexnas.plan", "Step": "flexnas.plan",
-    "StepKind": "flexnas.plan", "PlanController": "flexnas.engine", "StepCounter": "flexnas.engine",
-    "FlexnasError": "flexnas.errors", "PartialUNet": "flexnas.partial", "list_branches": "flexnas.partial",
-    "Problem": "flexnas.problem", "get_problem": "flexnas.registry", "Conditioning": "flexnas.sampler",
-    "sample": "flexnas.sampler", "SearchSpace": "flexnas.space",
-    "Evaluator": "flexnas.objectives", "MacCounter": "flexnas.macs",
-    "problem_from_pretrained": "flexnas.pretrained", "ClipScorer": "flexnas.clip",
+    "apply": "flexnas.engine.apply", "Plan": "flexnas.plan.plan", "Segment": "flexnas.plan.plan", "Step": "flexnas.plan.plan",
+    "StepKind": "flexnas.plan.plan", "PlanController": "flexnas.engine.controller", "StepCounter": "flexnas.engine.controller",
+    "FlexnasError": "flexnas.errors", "PartialUNet": "flexnas.engine.partial", "list_branches": "flexnas.engine.partial",
+    "Problem": "flexnas.models.problem", "get_problem": "flexnas.models.registry", "Conditioning": "flexnas.engine.sampler",
+    "sample": "flexnas.engine.sampler", "SearchSpace": "flexnas.plan.space",
+    "Evaluator": "flexnas.metrics.evaluator", "MacCounter": "flexnas.metrics.macs",
+    "problem_from_pretrained": "flexnas.models.pretrained", "ClipScorer": "flexnas.metrics.clip",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flexnas.pretrained import problem_from_pretrained
+from flexnas.models.pretrained import problem_from_pretrained
 
 MODEL = "google/ddpm-cifar10-32"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flexnas.pretrained import problem_from_pretrained
+from flexnas.models.pretrained import problem_from_pretrained
 
 MODEL = "CompVis/ldm-celebahq-256"
 

@@ -3,7 +3,7 @@ CLIP text encoder, VAE), searched on PLMS 50 (``PNDMScheduler`` with ``skip_prk_
 with classifier-free guidance 7.5.
 
 Prompts come from a text or JSON file (``--prompts FILE``); by default the short MS-COCO-style
-list that ships with flexnas (``flexnas/default_prompts.txt``, 64 prompts). PLMS cannot drop
+list that ships with flexnas (``flexnas/models/default_prompts.txt``, 64 prompts). PLMS cannot drop
 timesteps, so NULL steps reuse the last noise prediction (null mode "reuse").
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flexnas.pretrained import DEFAULT_PROMPTS, problem_from_pretrained
+from flexnas.models.pretrained import DEFAULT_PROMPTS, problem_from_pretrained
 
 MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 

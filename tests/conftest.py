@@ -161,3 +161,16 @@ def tiny_sd(tiny_sd_folder):
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_folder, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def assert_grid_of(path: Path, images: torch.Tensor) -> None:
+    """``path`` is a PNG of ``images`` laid out as torchvision's grid (2-pixel white padding), to one grey level."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images, nrow=round(len(images) ** 0.5), padding=2, pad_value=1.0)
+    expected = grid.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    got = np.asarray(Image.open(path).convert("RGB"))
+    assert got.shape == expected.shape and np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+

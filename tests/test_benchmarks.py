@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
+
+import pytest
+from scipy.stats import kendalltau, spearmanr
 
 
 def test_quick_benchmark_writes_report_and_figures(tmp_path, monkeypatch):
@@ -24,7 +28,7 @@ def test_quick_benchmark_writes_report_and_figures(tmp_path, monkeypatch):
     assert {("quality", "nsga2", True), ("quality", "ga", True), ("quality", "nsga2", False),
             ("fidelity", "nsga2", True)} <= runs
     # a front plan of a baseline shape (a kept seed) is filed under its baseline family, not as searched
-    from flexnas.report import plan_family
+    from flexnas.report.plots import plan_family
 
     assert all(plan_family(r["plan"]) in (None, r["family"]) for r in data["hi"] if "front" in r["name"])
     teacher = data["teacher"]
@@ -36,7 +40,13 @@ def test_quick_benchmark_writes_report_and_figures(tmp_path, monkeypatch):
     # every study row names a measure, an image count below the ground truth's, and a tau in [-1, 1]
     rows = data["study"]["rows"]
     assert {r["images"] for r in rows} == {data["settings"]["screen_images"], data["settings"]["mid_images"], hi}
-    assert all(-1 <= r["tau"] <= 1 for r in rows if r["tau"] == r["tau"])
+    values = data["study"]["values"]  # each row's tau/rho: its measure against its goal's truth, plan by plan
+    for r in rows:
+        x, y = values[f"{r['measure']}@{r['images']}"], values[r["truth"]]
+        assert len(x) == len(y) == data["study"]["plans"]
+        x, y = zip(*[(a, b) for a, b in zip(x, y) if math.isfinite(a) and math.isfinite(b)])
+        tau, rho = (kendalltau(x, y).statistic, spearmanr(x, y).statistic) if len(x) >= 3 else (math.nan, math.nan)
+        assert (r["tau"], r["rho"]) == pytest.approx((tau, rho), nan_ok=True)
     assert {t["target"].split(":")[0] for t in data["targets"]} >= {"fidelity", "quality +1%", "quality"}
     # the report links figures that exist
     for line in text.splitlines():

@@ -10,7 +10,7 @@ import torch
 import flexnas
 from flexnas.cli import main
 from flexnas.errors import FlexnasError
-from flexnas.plan import Plan
+from flexnas.plan.plan import Plan
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -42,7 +42,7 @@ def test_show_prints_strip_and_macs_ratio(capsys, tmp_path, monkeypatch):
     rc, out, err = run(capsys, "show", str(path), "--problem", "fashion-mnist")
     assert rc == 0, err
     assert "F p2 p2 p2 p2 F" in out and "full 20  partial 80 (b2: 80)  null 0" in out
-    from flexnas.macs import count_unet
+    from flexnas.metrics.macs import count_unet
     from problems.fashion_mnist import load_pipeline
 
     full, partial = count_unet(load_pipeline().unet, (1, 28, 28))
@@ -159,7 +159,7 @@ def test_unknown_problem_is_one_line(capsys):
 def test_apply_to_stock_pipeline_matches_engine_and_undoes(tmp_path):
     from diffusers import DDIMPipeline, DDIMScheduler
 
-    from flexnas.sampler import sample
+    from flexnas.engine.sampler import sample
     from problems.fashion_mnist import load_pipeline
 
     base = load_pipeline()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flexnas.partial import PartialUNet
-from flexnas.plan import Plan
-from flexnas.problem import compiled_forward
-from flexnas.registry import get_problem
+from flexnas.engine.compiled import compiled_forward
+from flexnas.engine.partial import PartialUNet
+from flexnas.models.registry import get_problem
+from flexnas.plan.plan import Plan
 
 
 class CountingBackend:
@@ -67,7 +67,7 @@ def test_compiled_problem_latents_and_graph_reuse():
     assert not eager.compiled and eager.forward is None and comp.compiled
     comp.forward = torch.compile(comp.unet.forward, backend=backend)
     a = Plan.deepcache("DDIMScheduler", 10, 5, 2)
-    b = Plan("DDIMScheduler", 10, [(2, 3), (2, 4)])  # (branch, interval): F p p n n F p p p n
+    b = Plan("DDIMScheduler", 10, [(3, 2), (4, 2)])  # (interval, branch): F p p n n F p p p n
     for plan in (a, b, None):
         assert (eager.latents(plan, n=4) - comp.latents(plan, n=4)).abs().max() <= 1e-5
     graphs = backend.graphs

@@ -135,7 +135,7 @@ def test_skipping_the_first_segment_reproduces_stock_step_reduction(k):
     from diffusers import DDIMPipeline, DDIMScheduler
 
     from flexnas import get_problem
-    from flexnas.plan import Plan, Segment
+    from flexnas.plan.plan import Plan, Segment
 
     loaded = get_problem("fashion-mnist", num_images=4, batch_size=4).load()
     L = 100 // k

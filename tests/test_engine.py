@@ -7,14 +7,20 @@ import copy
 import numpy as np
 import pytest
 import torch
-from diffusers import (DDIMPipeline, DDIMScheduler, DDPMPipeline, DPMSolverMultistepScheduler, PNDMPipeline,
-                       PNDMScheduler)
+from diffusers import (
+    DDIMPipeline,
+    DDIMScheduler,
+    DDPMPipeline,
+    DPMSolverMultistepScheduler,
+    PNDMPipeline,
+    PNDMScheduler,
+)
 
 import flexnas
-from flexnas.engine import PlanController, StepCounter
+from flexnas.engine.controller import PlanController, StepCounter
+from flexnas.engine.sampler import Conditioning, sample, to_images
 from flexnas.errors import FlexnasError
-from flexnas.plan import Plan, Segment
-from flexnas.sampler import Conditioning, sample, to_images
+from flexnas.plan.plan import Plan, Segment
 
 T = 10
 B = 2
@@ -179,8 +185,8 @@ def test_ddim_drop_restores_scheduler(embedded_unet, scheduler_config):
 def by_hand(unet, sched, plan: Plan) -> torch.Tensor:
     """``plan`` run without PlanController: PartialUNet's mode set by hand at every step; NULL steps
     reuse the last output (reuse) or are left out of the scheduler's custom timesteps (drop)."""
-    from flexnas.partial import PartialUNet
-    from flexnas.plan import StepKind
+    from flexnas.engine.partial import PartialUNet
+    from flexnas.plan.plan import StepKind
 
     sched.set_timesteps(T)
     steps, order = plan.steps, list(range(T))

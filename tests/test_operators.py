@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from pymoo.core.population import Population
 
-from flexnas.operators import CanonicalDuplicateElimination, FlexSampling, SegmentCrossover, SegmentMutation
-from flexnas.space import SearchSpace
+from flexnas.plan.space import SearchSpace
+from flexnas.search.operators import CanonicalDuplicateElimination, FlexSampling, SegmentCrossover, SegmentMutation
 
 S = "DDIMScheduler"
 SEEDS = range(200)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 
+from flexnas.engine.partial import PartialUNet, list_branches
 from flexnas.errors import FlexnasError
-from flexnas.partial import PartialUNet, list_branches
 
 EMBEDDED_BRANCHES = ['conv_in', 'down_blocks.0.resnets.0', 'down_blocks.0.downsamplers.0',
                      'down_blocks.1.resnets.0', 'down_blocks.1.downsamplers.0', 'down_blocks.2.resnets.0']

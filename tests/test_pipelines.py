@@ -7,7 +7,7 @@ import torch
 
 import flexnas
 from flexnas.errors import FlexnasError
-from flexnas.plan import Plan
+from flexnas.plan.plan import Plan
 
 STEPS = 10
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from flexnas.errors import FlexnasError
-from flexnas.plan import FORMAT, FORMAT_VERSION, Plan, Segment, Step, StepKind
+from flexnas.plan.plan import FORMAT, FORMAT_VERSION, Plan, Segment, Step, StepKind
 
 F, N_ = Step(StepKind.FULL), Step(StepKind.NULL)
 
@@ -66,8 +66,8 @@ def test_mixed_segments_strip_and_counts():
     plan = Plan("DDIMScheduler", 9, (Segment(3, 1), Segment(1), Segment(2, 4)), "reuse")
     assert plan.strip() == "F p1 p1 F . . F p4 ."
     assert plan.counts() == {"full": 3, "partial": {1: 2, 4: 1}, "null": 3}
-    # segments also accept (branch, interval) pairs
-    assert Plan("DDIMScheduler", 9, ((1, 3), (None, 1), (4, 2)), "reuse") == plan
+    # segments also accept (interval, branch) pairs, in Segment's own order
+    assert Plan("DDIMScheduler", 9, ((3, 1), (1,), (2, 4)), "reuse") == plan
 
 
 def test_symbols():

@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_grid_of, write_tiny_clip_tokenizer
+from tiny_models import save_tiny_clip, save_tiny_ddpm, save_tiny_dit, save_tiny_ldm
 
-from conftest import write_tiny_clip_tokenizer
 from flexnas.cli import main
 from flexnas.errors import FlexnasError
-from flexnas.features import ModuleFeatureExtractor, register_extractor
-from flexnas.plan import Plan
-from flexnas.registry import get_problem
-from tiny_models import save_tiny_clip, save_tiny_ddpm, save_tiny_dit, save_tiny_ldm
+from flexnas.metrics.features import ModuleFeatureExtractor, register_extractor
+from flexnas.models.registry import get_problem
+from flexnas.plan.plan import Plan
 
 EXTRACTOR = "flexnas-test-pool"
 PROMPTS = ["abc", "xyz cat", "a b c", "cat xyz abc"]
@@ -156,7 +156,7 @@ def test_ldm_teacher_equals_stock_pipeline_including_vq_decode(folders):
 def test_sd_teacher_equals_stock_pipeline_plms_guidance(folders):
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
-    from flexnas.sampler import sample
+    from flexnas.engine.sampler import sample
 
     problem = get_problem("sd15", model=str(folders["sd"]), T=10, num_images=3, batch_size=3,
                           prompts=str(folders["prompts_txt"]))
@@ -173,7 +173,7 @@ def test_sd_teacher_equals_stock_pipeline_plms_guidance(folders):
     latents = loaded.latents(None)
     assert maxdiff(latents, stock("latent")) <= 1e-5
     assert maxdiff(loaded.images(None), stock("pt")) <= 1e-5
-    # flexnas.sampler.sample with the problem's noise and conditioning is the same loop
+    # flexnas.engine.sampler.sample with the problem's noise and conditioning is the same loop
     noise, g = loaded.noise(0, 3, 0)
     direct = sample(loaded.unet, loaded.scheduler, 10, noise=noise, generator=g, cond=loaded.conditioning(0, 3))
     assert maxdiff(direct, latents) <= 1e-5
@@ -210,7 +210,7 @@ def test_two_generation_search(folders, tmp_path, capsys, case):
 
 # ----------------------------------------------------------------------------- 4. MACs of the decode, CLIP score
 def test_evaluate_reports_decode_macs_and_clip_score(folders, tmp_path, capsys):
-    from flexnas.macs import count_decode
+    from flexnas.metrics.macs import count_decode
 
     plan = tmp_path / "dc.json"
     rc, _, err = run(capsys, "plan", "--model", str(folders["sd"]), "--base-steps", "10", "--deepcache", "2",
@@ -240,13 +240,22 @@ def _teacher(tmp_path: Path, T: int, scheduler: str = "DDIMScheduler") -> Path:
     return path
 
 
-def test_clip_score_prefers_matching_prompt_order(folders):
-    from flexnas.clip import ClipScorer
+def test_clip_score_pairs_each_image_with_its_prompt(folders):
+    """The score is 100 x cos(image i, prompt i), floored at 0 and averaged: checked against the whole
+    similarity matrix from CLIPModel's own forward, for the matching order and a shuffled one."""
+    from flexnas.metrics.clip import ClipScorer
 
     scorer = ClipScorer(folders["clip"])
-    images = torch.rand(3, 3, 20, 24)
-    a = scorer.score(images, PROMPTS[:3])
-    assert 0.0 <= a <= 100.0 and a == scorer.score(images, PROMPTS[:3])  # deterministic
+    images = torch.rand(3, 3, 20, 24, generator=torch.Generator().manual_seed(0))
+    tok = scorer.tokenizer(PROMPTS[:3], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = scorer.model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"],
+                           pixel_values=scorer.preprocess(images))
+        cos = out.logits_per_image / scorer.model.logit_scale.exp()  # [image, prompt]
+    for order in ([0, 1, 2], [2, 0, 1]):
+        expected = float((100 * cos[torch.arange(3), torch.tensor(order)]).clamp(min=0).mean())
+        assert scorer.score(images, [PROMPTS[i] for i in order]) == pytest.approx(expected, abs=1e-4)
+    assert not torch.allclose(cos.diagonal(), cos[torch.arange(3), torch.tensor([2, 0, 1])])  # the orders differ
     assert scorer.preprocess(images[:, :1]).shape == (3, 3, 16, 16)  # grayscale, non-square
     with pytest.raises(FlexnasError, match="one prompt per image"):
         scorer.score(images, PROMPTS[:2])
@@ -268,7 +277,7 @@ def test_dtype_and_device_reach_every_component(folders):
     images = loaded.images(None)
     assert images.dtype == torch.float32 and torch.isfinite(images).all()
 
-    from flexnas.objectives import Evaluator
+    from flexnas.metrics.evaluator import Evaluator
 
     fp32 = Evaluator(get_problem(str(folders["sd"]), T=10, num_images=2, batch_size=2), extractor=EXTRACTOR)
     bf16 = Evaluator(loaded, extractor=EXTRACTOR)
@@ -356,7 +365,8 @@ def test_sample_with_model_writes_grid(folders, tmp_path, capsys):
     out = tmp_path / "grid.png"
     rc, stdout, err = run(capsys, "sample", "--model", str(folders["ldm"]), "--steps", "10", "--images", "2",
                           "--batch-size", "2", "--out", str(out))
-    assert rc == 0 and out.read_bytes()[:4] == b"\x89PNG", err
+    assert rc == 0, err
+    assert_grid_of(out, get_problem(str(folders["ldm"]), T=10, batch_size=2).load().images(None, n=2))
 
 
 if __name__ == "__main__":  # pragma: no cover

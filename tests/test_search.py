@@ -19,16 +19,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_grid_of
 
 from flexnas.cli import main
-from flexnas.engine import StepCounter
-from flexnas.plan import Plan, Segment
-from flexnas.store import PrefixStore
-from flexnas.candidates import CandidateEvaluator, EvalTask
-from flexnas.config import SearchConfig
-from flexnas.runfolder import EvalCache
-from flexnas.search import FlexProblem, load_checkpoint, run_search
-from flexnas.space import SearchSpace
+from flexnas.engine.controller import StepCounter
+from flexnas.metrics.store import PrefixStore
+from flexnas.models.registry import get_problem
+from flexnas.plan.plan import Plan, Segment
+from flexnas.plan.space import SearchSpace
+from flexnas.search.candidates import CandidateEvaluator, EvalTask
+from flexnas.search.config import SearchConfig
+from flexnas.search.problem import GenomeProblem
+from flexnas.search.runfolder import EvalCache
+from flexnas.search.runner import load_checkpoint, run_search
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -369,7 +372,7 @@ def test_evaluation_cache_prevents_re_evaluation(small_config, tmp_path, monkeyp
     ev = CandidateEvaluator.get(small_config, 1)
     ev.evaluator.ensure_teacher()
     space = SearchSpace.build("DDIMScheduler", 10, len(ev.loaded.branches), [2, 5, 10])
-    problem = FlexProblem(space, small_config, tmp_path)
+    problem = GenomeProblem(space, small_config, tmp_path)
     tasks = []
     real_call = EvalTask.__call__
 
@@ -405,7 +408,7 @@ def test_evaluation_cache_prevents_re_evaluation(small_config, tmp_path, monkeyp
     assert problem.requested_total == 10
 
     # the cache is the run folder's: a new problem over the same folder evaluates nothing either
-    again = FlexProblem(space, small_config, tmp_path)
+    again = GenomeProblem(space, small_config, tmp_path)
     assert np.array_equal(again.evaluate(X, return_as_dictionary=True)["F"], F1)
     assert len(tasks) == 3 and unet_calls["unet"] == calls_first
     # a new genome is evaluated and appended
@@ -418,7 +421,7 @@ def test_ga_problem_constraint(small_config, tmp_path):
     cfg = SearchConfig(**{**small_config.__dict__, "algorithm": "ga", "macs_budget": 0.5})
     ev = CandidateEvaluator.get(cfg, 1)
     space = SearchSpace.build("DDIMScheduler", 10, len(ev.loaded.branches), [2, 5, 10])
-    problem = FlexProblem(space, cfg, tmp_path)
+    problem = GenomeProblem(space, cfg, tmp_path)
     X = np.array([space.join(10, np.zeros(10, int), np.ones(10, int)),
                   space.join(2, np.array([0, 0]), np.array([1, 1]))])  # 2 FULL steps, 8 NULL
     out = problem.evaluate(X, return_as_dictionary=True)
@@ -454,7 +457,7 @@ def test_prefix_reuse_is_exact_and_saves_calls(small_config):
 
 
 def test_prefix_store_counts_shared_cache_tensors_once():
-    plan = Plan("DDIMScheduler", 10, ((1, 4), (1, 4)))  # F p1 p1 p1 . F p1 p1 p1 .
+    plan = Plan("DDIMScheduler", 10, ((4, 1), (4, 1)))  # F p1 p1 p1 . F p1 p1 p1 .
     x = torch.zeros(100)  # 400 bytes
     cache = {"a": torch.zeros(1000), "b": (torch.zeros(500),)}  # 6000 bytes, one FULL step's features
     store = PrefixStore(max_bytes=10**6)
@@ -478,8 +481,8 @@ def test_prefix_reuse_at_partial_steps(small_config, null_mode):
     FULL step before it): bit-identical latents, and only the steps after it are run."""
     ev = CandidateEvaluator.get(small_config, 1)
     S = "DDIMScheduler"
-    first = Plan(S, 10, ((1, 4), (1, 4)), null_mode)  # F p1 p1 p1 . | F p1 p1 p1 .
-    second = Plan(S, 10, ((1, 4), (1, 3)), null_mode)  # F p1 p1 p1 . | F p1 p1 . .  (agrees up to step 7)
+    first = Plan(S, 10, ((4, 1), (4, 1)), null_mode)  # F p1 p1 p1 . | F p1 p1 p1 .
+    second = Plan(S, 10, ((4, 1), (3, 1)), null_mode)  # F p1 p1 p1 . | F p1 p1 . .  (agrees up to step 7)
     prefixes = PrefixStore()
     ev.loaded.latents(first, n=8, prefixes=prefixes)
     counter = StepCounter()
@@ -491,8 +494,8 @@ def test_prefix_reuse_at_partial_steps(small_config, null_mode):
 
 # --------------------------------------------------------------------------- feature store, re-scoring
 def test_feature_store_extends_prefixes_and_survives_damage(small_config, tmp_path):
-    from flexnas.features import to_uint8_rgb
-    from flexnas.store import plan_key
+    from flexnas.metrics.features import to_uint8_rgb
+    from flexnas.metrics.store import plan_key
 
     ev = CandidateEvaluator.get(small_config, 1)
     S = "DDIMScheduler"
@@ -519,7 +522,7 @@ def test_feature_store_extends_prefixes_and_survives_damage(small_config, tmp_pa
 def test_rescoring_writes_high_fidelity_columns(tmp_path):
     import csv
 
-    from flexnas.measures import Reference, fid, statistics
+    from flexnas.metrics.measures import Reference, fid, statistics
 
     out = tmp_path / "run"
     assert cli(search_argv(out, "--goal", "quality", "--objective", "fid_to_real", "--rescore-images", "16")) == 0
@@ -766,14 +769,15 @@ def test_sample_command(nsga_run, tmp_path, capsys):
     args = ["--threads", "1", "sample", "--problem", TINY, "--plan", str(plan), "--images", "4", "--out", str(grid)]
     assert cli(args) == 0
     data = grid.read_bytes()
-    assert data[:8] == PNG
+    loaded = get_problem(TINY).load()
+    assert_grid_of(grid, loaded.images(Plan.load(plan), n=4))  # the plan's own images, not the teacher's
     capsys.readouterr()
     assert cli(args) == 2
     assert "already exists" in assert_one_error_line(capsys)
     assert grid.read_bytes() == data
     teacher = tmp_path / "teacher.png"  # no --plan: the teacher
     assert cli(["--threads", "1", "sample", "--problem", TINY, "--images", "4", "--out", str(teacher)]) == 0
-    assert teacher.read_bytes()[:8] == PNG
+    assert_grid_of(teacher, loaded.images(None, n=4))
     assert cli([*args[:-4], "--images", "0", "--out", str(tmp_path / "none.png")]) == 2
     assert "--images" in assert_one_error_line(capsys)
     assert not (tmp_path / "none.png").exists()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from flexnas.errors import FlexnasError
-from flexnas.plan import Plan, Segment
-from flexnas.space import SearchSpace
+from flexnas.plan.plan import Plan, Segment
+from flexnas.plan.space import SearchSpace
 
 S = "DDIMScheduler"
 

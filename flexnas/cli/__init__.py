@@ -3,7 +3,7 @@
 Every user error is a ``FlexnasError``: printed as one line, exit status 2, and no
 file that existed before the command is overwritten (``flexnas plot RUN`` redraws the
 run's own ``pareto.png`` unless given ``--out``). ``args`` holds what commands share,
-``commands`` and ``search`` the commands, ``parser`` the options.
+``commands`` and ``search`` the commands, ``parser`` the options. May import every layer.
 """
 
 from __future__ import annotations

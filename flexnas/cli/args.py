@@ -9,7 +9,6 @@ from typing import Any
 
 from flexnas.errors import FlexnasError, writable_folder
 
-
 # CLI option -> problem override (Problem field or problem_from_pretrained argument)
 MODEL_OVERRIDES = {"scheduler": "scheduler", "base_steps": "T", "guidance": "guidance_scale", "prompts": "prompts",
                    "resolution": "resolution", "device": "device", "dtype": "dtype", "batch_size": "batch_size",
@@ -44,8 +43,8 @@ def problem_spec(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
 
 
 def load_problem(args: argparse.Namespace):
-    from flexnas.problem import resolve_device, resolve_dtype
-    from flexnas.registry import get_problem
+    from flexnas.models.loaded import resolve_device, resolve_dtype
+    from flexnas.models.registry import get_problem
 
     spec, overrides = problem_spec(args)
     problem = get_problem(spec, **overrides)
@@ -55,7 +54,7 @@ def load_problem(args: argparse.Namespace):
 
 def read_plan(path: str, problem: Any = None):
     """The plan at ``path``; with ``problem``, checked to be made for its scheduler and base schedule."""
-    from flexnas.plan import Plan
+    from flexnas.plan.plan import Plan
 
     plan = Plan.load(path)
     if problem is not None and (plan.scheduler, plan.T) != (problem.scheduler, problem.T):

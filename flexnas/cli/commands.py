@@ -21,7 +21,7 @@ def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
 @command
 def cmd_plan(args: argparse.Namespace) -> int:
     """Write a common plan (teacher, DeepCache, step reduction, uniform segments) as JSON."""
-    from flexnas.plan import Plan
+    from flexnas.plan.plan import Plan
 
     problem = load_problem(args)
     s, T, mode = problem.scheduler, problem.T, problem.null_mode
@@ -42,7 +42,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             raise FlexnasError("--segments needs --interval K (and --branch B when K > 1)")
         plan = Plan.uniform(s, T, args.segments, args.interval, args.branch, mode)
     if any(seg.branch is not None for seg in plan.segments):
-        from flexnas.partial import list_branches
+        from flexnas.engine.partial import list_branches
 
         plan.validate(len(list_branches(problem.load().unet)))
     plan = plan.with_meta(problem=problem.name)
@@ -65,7 +65,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     partial = ", ".join(f"b{b}: {n}" for b, n in c["partial"].items()) or "none"
     print(f"full {c['full']}  partial {sum(c['partial'].values())} ({partial})  null {c['null']}")
     if problem is not None:
-        from flexnas.macs import MacCounter
+        from flexnas.metrics.macs import MacCounter
 
         loaded = problem.load()
         plan.validate(len(loaded.branches))
@@ -89,7 +89,7 @@ def cmd_branches(args: argparse.Namespace) -> int:
 @command
 def cmd_sample(args: argparse.Namespace) -> int:
     """Save a grid of images sampled under a plan (teacher by default)."""
-    from flexnas.report import save_grid
+    from flexnas.report.plots import save_grid
 
     positive("images", args.images)
     if Path(args.out).suffix.lower() not in (".png", ".jpg", ".jpeg"):
@@ -107,7 +107,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 @command
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score one plan: rFID, FID to real images, MACs, MACs ratio and wall-clock time."""
-    from flexnas.objectives import Evaluator
+    from flexnas.metrics.evaluator import Evaluator
 
     positive("images", args.images)
     if args.wall_images < 0:
@@ -129,7 +129,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 @command
 def cmd_space(args: argparse.Namespace) -> int:
     """Print the search space: admissible N, branches, genome length and sizes."""
-    from flexnas.space import SearchSpace
+    from flexnas.plan.space import SearchSpace
 
     problem = load_problem(args)
     loaded = problem.load()
@@ -146,7 +146,7 @@ def cmd_space(args: argparse.Namespace) -> int:
 @command
 def cmd_plot(args: argparse.Namespace) -> int:
     """Redraw a run's Pareto plot from its candidates and front."""
-    from flexnas.report import plot_pareto
+    from flexnas.report.plots import plot_pareto
 
     run = Path(args.run)
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from flexnas.measures import GOALS, MEASURES
+from flexnas.metrics.measures import GOALS, MEASURES
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,11 +15,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     """Run (or resume) a GA or NSGA-II search and write the run folder."""
     import time
 
-    from flexnas.results import write_run_outputs
-    from flexnas.candidates import CandidateEvaluator
-    from flexnas.config import SearchConfig
-    from flexnas.runfolder import run_folder
-    from flexnas.search import run_search
+    from flexnas.report.results import write_run_outputs
+    from flexnas.search.candidates import CandidateEvaluator
+    from flexnas.search.config import SearchConfig
+    from flexnas.search.runfolder import run_folder
+    from flexnas.search.runner import run_search
 
     if args.workers is not None and args.workers < 1:
         raise FlexnasError(f"--workers must be at least 1, got {args.workers}")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from flexnas.errors import FlexnasError
-from flexnas.problem import Problem
+from flexnas.models.problem import Problem
 from problems.fashion_mnist.model import CLASSIFIER_DIR, PIPELINE_DIR, WEIGHTS_DIR
 
 FEATURE_EXTRACTOR = "fashion-mnist-classifier"

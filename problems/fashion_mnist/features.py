@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from flexnas.features import ModuleFeatureExtractor, register_extractor
+from flexnas.metrics.features import ModuleFeatureExtractor, register_extractor
 from problems.fashion_mnist.model import CLASSIFIER_DIR
 
 NAME = "fashion-mnist-classifier"

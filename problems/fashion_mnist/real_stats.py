@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from flexnas.errors import report_errors
-from flexnas.measures import statistics
-from flexnas.features import to_uint8_rgb
+from flexnas.metrics.features import to_uint8_rgb
+from flexnas.metrics.measures import statistics
 from problems.fashion_mnist import REAL_STATISTICS
 from problems.fashion_mnist.data import load_split
 from problems.fashion_mnist.features import NAME

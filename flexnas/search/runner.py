@@ -1,15 +1,14 @@
-"""The search: a pymoo problem over plan genomes, run by GA or NSGA-II through ``minimize``.
+"""Running a search: GA or NSGA-II on the ``GenomeProblem`` through pymoo's ``minimize``.
 
-Evaluation is the expensive part, so it is never repeated: the run's evaluation records
-(``flexnas.runfolder``) answer known genomes, and ``flexnas.candidates`` scores the rest from the
-feature store, in-process or on Dask workers through pymoo's ``DaskParallelization``. Settings
-live in ``flexnas.config``. One generation is traced in docs/DESIGN.md, section 6.
+Composes the algorithm (``make_algorithm``), the run folder (lock, evaluation cache,
+checkpoint, progress: ``flexnas.search.runfolder``) and the runner (in-process, local Dask
+workers or a scheduler address, through pymoo's ``DaskParallelization``). Settings live in
+``flexnas.search.config``.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import pickle
 import sys
@@ -17,82 +16,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pymoo.core.callback import CallbackCollection
-from pymoo.core.problem import Problem as PymooProblem
 from pymoo.termination.max_gen import MaximumGenerationTermination
 
-from flexnas.candidates import CandidateEvaluator, EvalTask, check_runnable
-from flexnas.config import SearchConfig, check_resume_options
 from flexnas.errors import FlexnasError
-from flexnas.operators import CanonicalDuplicateElimination, FlexSampling, SegmentCrossover, SegmentMutation
-from flexnas.registry import get_problem
-from flexnas.runfolder import Checkpoint, EvalCache, Progress, run_folder
-from flexnas.space import SearchSpace
-
-INF_SCORE = 1e9  # what pymoo sees for a diverged candidate (rfid = inf in the records)
-
-
-# --------------------------------------------------------------------------- pymoo problem
-def genome_key(x: np.ndarray) -> str:
-    return ",".join(str(int(v)) for v in x)
-
-
-class FlexProblem(PymooProblem):
-    """Minimise (objective, MACs ratio) [NSGA-II] or objective s.t. MACs ratio <= budget [GA]."""
-
-    def __init__(self, space: SearchSpace, config: SearchConfig, run_dir: Path):
-        ga = config.algorithm == "ga"
-        xl, xu = space.bounds()
-        super().__init__(n_var=space.n_var, n_obj=1 if ga else 2,
-                         n_ieq_constr=0 if config.macs_budget is None else 1,
-                         xl=xl, xu=xu, vtype=int, exclude_from_serialization=["runner", "cache", "task", "progress"])
-        self.space, self.config, self.run_dir = space, config, run_dir
-        self.generation = 1
-        self.requested_total = 0  # evaluations pymoo asked for (cache hits included)
-        self.naive_total = 0  # denoiser calls those would cost without cache and prefix reuse
-        self.attach()
-
-    def attach(self, runner: Any = None, threads: int | None = None) -> None:
-        """(Re)connect what a checkpoint does not carry: the runner, the evaluation cache, the progress display."""
-        self.runner, self.progress = runner, None
-        self.task = EvalTask(self.config, self.space, threads=1 if runner is not None else threads)
-        self.cache = EvalCache(self.run_dir / "evaluations.jsonl")
-
-    def records(self, keys: list[str]) -> list[dict[str, Any]]:
-        """The evaluation records of canonical genome keys, evaluating the unknown ones (also those lost
-        with a damaged or deleted ``evaluations.jsonl``: the feature store makes that cheap)."""
-        todo = sorted({k for k in keys if k not in self.cache.records})
-        genomes = [np.array([int(v) for v in k.split(",")]) for k in todo]
-        progress = self.progress
-        if progress is not None:
-            progress.start(len(set(keys)), len(set(keys)) - len(todo))
-        if self.runner is not None and genomes:
-            results = self.runner(self.task, genomes)
-        else:
-            results = []
-            for g in genomes:
-                results.append(self.task(g))
-                if progress is not None:
-                    progress.step()
-        for key, g, r in zip(todo, genomes, results):
-            plan = self.space.decode(g)
-            self.cache.add({"key": key, "generation": self.generation, "genome": [int(v) for v in g],
-                            "plan": plan.to_dict(), "strip": plan.strip(), **r})
-        return [self.cache.records[k] for k in keys]
-
-    def _evaluate(self, X, out, *args, **kwargs):
-        X = np.asarray(X, dtype=int)
-        keys = [genome_key(self.space.canonical(x)) for x in X]
-        recs = self.records(keys)
-        self.requested_total += len(keys)
-        self.naive_total += sum(r["naive_calls"] for r in recs)
-        obj = np.array([r.get(self.config.objective, math.inf) for r in recs], dtype=float)
-        obj = np.where(np.isfinite(obj), obj, INF_SCORE)
-        macs = np.array([r["macs_ratio"] for r in recs], dtype=float)
-        out["F"] = obj[:, None] if self.config.algorithm == "ga" else np.stack([obj, macs], axis=1)
-        if self.config.macs_budget is not None:
-            out["G"] = (macs - self.config.macs_budget)[:, None]
+from flexnas.models.registry import get_problem
+from flexnas.plan.space import SearchSpace
+from flexnas.search.candidates import CandidateEvaluator, check_runnable
+from flexnas.search.config import SearchConfig, check_resume_options
+from flexnas.search.operators import CanonicalDuplicateElimination, FlexSampling, SegmentCrossover, SegmentMutation
+from flexnas.search.problem import GenomeProblem
+from flexnas.search.runfolder import Checkpoint, Progress, run_folder
 
 
 def ga_tournament(pop, P, **kwargs):
@@ -125,7 +59,7 @@ def load_checkpoint(path: Path):
     except Exception as e:  # noqa: BLE001 - any unreadable pickle gets the same advice
         raise FlexnasError(f"checkpoint {path} is corrupt ({type(e).__name__}): restart the run in a new "
                            "--out folder") from None
-    if not isinstance(getattr(algorithm, "problem", None), FlexProblem):
+    if not isinstance(getattr(algorithm, "problem", None), GenomeProblem):
         raise FlexnasError(f"{path} is not a flexnas search checkpoint: restart the run in a new --out folder")
     return algorithm
 
@@ -164,7 +98,7 @@ class _Closer:
 
 def run_search(config: SearchConfig, out: Path, resume: bool = False, workers: int | None = None,
                dask: str | None = None, progress: bool = True, threads: int | None = None):
-    """Run (or resume) a search into ``out`` (locked meanwhile); returns the pymoo result and the FlexProblem."""
+    """Run (or resume) a search into ``out`` (locked meanwhile); returns the pymoo result and the GenomeProblem."""
 
     config.validate()
     out = Path(out)
@@ -212,7 +146,7 @@ def _run(config: SearchConfig, out: Path, resume: bool, workers: int | None, das
             num_branches = len(CandidateEvaluator.get(config, threads).loaded.branches)
             space = SearchSpace.build(base.scheduler, base.T, num_branches, config.segments, config.branches,
                                       base.null_mode, config.skip)
-            problem = FlexProblem(space, config, out)
+            problem = GenomeProblem(space, config, out)
             algorithm = make_algorithm(space, config)
             (out / "run.json").write_text(json.dumps({"config": asdict(config), "space": asdict(space)}, indent=2,
                                                      default=str))

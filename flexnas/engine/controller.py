@@ -13,7 +13,6 @@ controller drives flexnas' own sampler loop and a user's stock pipeline (``flexn
 
 from __future__ import annotations
 
-import inspect
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -21,9 +20,10 @@ from typing import Any, Callable
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
+from flexnas.engine.partial import PartialUNet
+from flexnas.engine.schedulers import can_drop, is_ddim, timestep_key
 from flexnas.errors import FlexnasError
-from flexnas.partial import PartialUNet
-from flexnas.plan import Plan, StepKind
+from flexnas.plan.plan import Plan, StepKind
 
 HOOK_NAME = "flexnas_plan"
 PATCHED = ("set_timesteps", "step", "set_begin_index")  # scheduler methods a controller may replace
@@ -50,20 +50,6 @@ class StepCounter:
         self.partial.clear()
 
 
-def timestep_key(t: Any) -> float:
-    if torch.is_tensor(t):
-        t = t.flatten()[0].item()
-    return round(float(t), 4)
-
-
-def accepts_custom_timesteps(scheduler: Any) -> bool:
-    return "timesteps" in inspect.signature(scheduler.set_timesteps).parameters
-
-
-def is_ddim(scheduler: Any) -> bool:
-    return type(scheduler).__name__ in ("DDIMScheduler", "DDIMParallelScheduler")
-
-
 class _ControlHook(ModelHook):
     def __init__(self, controller: "PlanController"):
         super().__init__()
@@ -86,7 +72,7 @@ class PlanController:
             raise FlexnasError(f"plan was made for {plan.scheduler} but the scheduler is {name}: use "
                                f"{plan.scheduler}.from_config(scheduler.config)")
         has_null = any(s.kind is StepKind.NULL for s in plan.steps)
-        if plan.null_mode == "drop" and has_null and not (is_ddim(scheduler) or accepts_custom_timesteps(scheduler)):
+        if plan.null_mode == "drop" and has_null and not can_drop(scheduler):
             raise FlexnasError(f"{name} cannot drop timesteps (its set_timesteps takes no custom timesteps): "
                                "use null mode 'reuse' for this scheduler")
         self.unet, self.scheduler, self.plan = unet, scheduler, plan

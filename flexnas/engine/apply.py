@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flexnas.engine import PlanController
+from flexnas.engine.controller import PlanController
 from flexnas.errors import FlexnasError
-from flexnas.plan import Plan
+from flexnas.plan.plan import Plan
 
 
 def apply(pipeline: Any, plan: Plan | str) -> PlanController:

@@ -9,7 +9,7 @@ defaults from the pipeline's layout:
 - text-to-image (``UNet2DConditionModel`` + CLIP text encoder, e.g. ``StableDiffusionPipeline``):
   PLMS 50 (``PNDMScheduler`` with ``skip_prk_steps=True``), null steps reused (PLMS cannot
   drop timesteps), classifier-free guidance 7.5, prompts from a file (default: the short
-  MS-COCO-style list ``flexnas/default_prompts.txt``).
+  MS-COCO-style list ``flexnas/models/default_prompts.txt``).
 
 Every default can be overridden (scheduler, T, guidance, prompts, resolution, device, dtype,
 batch size, ...). The problems under ``problems/`` (DDPM CIFAR-10, LDM CelebA-HQ, Stable
@@ -20,97 +20,16 @@ from __future__ import annotations
 
 import inspect
 import json
-import re
 from pathlib import Path
 from typing import Any
 
+from flexnas.engine.sampler import Conditioning
+from flexnas.engine.schedulers import can_drop
 from flexnas.errors import FlexnasError
-from flexnas.problem import Problem
-from flexnas.sampler import Conditioning
+from flexnas.models.hub import check_supported, component_config, has_component, read_model_index, slug
+from flexnas.models.problem import Problem
 
-SUPPORTED_DENOISERS = ("UNet2DModel", "UNet2DConditionModel")
 DEFAULT_PROMPTS = Path(__file__).resolve().parent / "default_prompts.txt"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def looks_like_model(spec: str) -> bool:
-    """A path (``/x``, ``./x``, ``~/x``, ``../x``) or a hub id (``owner/name``)."""
-    return spec.startswith(("/", "./", "../", "~")) or bool(_HUB_ID.match(spec))
-
-
-def slug(text: str) -> str:
-    """A file-name-safe version of ``text`` (problem names end up in cache and run-folder names)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "model"
-
-
-# --------------------------------------------------------------------------- model index
-def read_model_index(model: str) -> tuple[dict[str, Any], Path | None]:
-    """(``model_index.json`` of ``model``, its local folder or None for a hub id), with one-line errors."""
-    folder = Path(model).expanduser()
-    if folder.is_dir():
-        index = folder / "model_index.json"
-        if not index.is_file():
-            raise FlexnasError(f"{folder} has no model_index.json: give a diffusers pipeline folder "
-                               "(what DiffusionPipeline.save_pretrained writes)")
-        try:
-            data = json.loads(index.read_text())
-        except (ValueError, UnicodeDecodeError, RecursionError) as e:
-            raise FlexnasError(f"{index} is not valid JSON ({type(e).__name__}): give a diffusers pipeline folder") from None
-        if not isinstance(data, dict):
-            raise FlexnasError(f"{index} holds a JSON {type(data).__name__}, not the object diffusers writes: give a "
-                               "diffusers pipeline folder")
-        return data, folder
-    if model.startswith(("/", "./", "../", "~")) or not _HUB_ID.match(model):
-        raise FlexnasError(f"model folder {model} does not exist: give a local diffusers pipeline folder or a hub id "
-                           "(owner/name)")
-    try:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.utils import logging as hub_logging
-
-        hub_logging.set_verbosity_error()  # no page of retry warnings before the one line below
-        path = hf_hub_download(model, "model_index.json", etag_timeout=5)
-        return json.loads(Path(path).read_text()), None
-    except Exception as e:  # noqa: BLE001 - offline, missing repo, no access: all end the same way
-        raise FlexnasError(f"model {model!r} is neither a local folder nor a reachable hub id "
-                           f"({type(e).__name__}); download it first (hf download {model} "
-                           "--local-dir DIR) and pass --model DIR") from None
-
-
-def describe_denoiser(index: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(component name, class name) of the pipeline's denoiser as listed in its model index."""
-    for name in ("unet", "transformer", "prior", "decoder", "model"):
-        entry = index.get(name)
-        if isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1]:
-            return name, entry[1]
-    return None, None
-
-
-def check_supported(model: str, index: dict[str, Any]) -> str:
-    """The denoiser class name, or a one-line error for pipelines flexnas cannot drive."""
-    pipe = index.get("_class_name", "pipeline")
-    comp, cls = describe_denoiser(index)
-    if comp != "unet" or cls not in SUPPORTED_DENOISERS:
-        what = f"its denoiser is '{comp}' ({cls})" if comp else "it has no 'unet' denoiser"
-        raise FlexnasError(f"{model}: {pipe} is not supported: {what}; flexnas drives pipelines whose 'unet' is a "
-                           "UNet2DModel or UNet2DConditionModel")
-    return cls
-
-
-def _component_config(model: str, folder: Path | None, name: str) -> dict[str, Any]:
-    """``NAME/config.json`` of a pipeline component ({} when it cannot be read without loading)."""
-    try:
-        if folder is not None:
-            return json.loads((folder / name / "config.json").read_text())
-        from huggingface_hub import hf_hub_download
-
-        return json.loads(Path(hf_hub_download(model, "config.json", subfolder=name)).read_text())
-    except Exception:  # noqa: BLE001 - only defaults depend on it; loading reports real problems
-        return {}
-
-
-def _component(index: dict[str, Any], name: str) -> bool:
-    entry = index.get(name)
-    return isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] is not None
 
 
 # --------------------------------------------------------------------------- prompts
@@ -205,13 +124,11 @@ class PipelineLoader:
 def _can_drop(scheduler: str) -> bool:
     import diffusers
 
-    from flexnas.engine import accepts_custom_timesteps
-
     cls = getattr(diffusers, scheduler, None)
     if cls is None:
         raise FlexnasError(f"unknown scheduler {scheduler!r}: name a diffusers scheduler class (e.g. DDIMScheduler, "
                            "PNDMScheduler, DPMSolverMultistepScheduler)")
-    return scheduler in ("DDIMScheduler", "DDIMParallelScheduler") or accepts_custom_timesteps(cls)
+    return can_drop(cls)
 
 
 def _default_scheduler_kwargs(scheduler: str) -> dict[str, Any]:
@@ -233,14 +150,14 @@ def problem_from_pretrained(model: str, *, name: str | None = None, scheduler: s
     index, folder = read_model_index(model)
     unet_cls = check_supported(model, index)
     pipe_cls = index.get("_class_name", "DiffusionPipeline")
-    latent = _component(index, "vae") or _component(index, "vqvae")
+    latent = has_component(index, "vae") or has_component(index, "vqvae")
     text = unet_cls == "UNet2DConditionModel"
     if text:
-        if not (_component(index, "text_encoder") and _component(index, "tokenizer")):
+        if not (has_component(index, "text_encoder") and has_component(index, "tokenizer")):
             raise FlexnasError(f"{model}: {pipe_cls} has a UNet2DConditionModel but no text_encoder/tokenizer; flexnas "
                                "conditions such U-Nets on prompts through the pipeline's encode_prompt")
         _check_encode_prompt(model, pipe_cls)
-        if _component(index, "text_encoder_2"):
+        if has_component(index, "text_encoder_2"):
             raise FlexnasError(f"{model}: {pipe_cls} (two text encoders, SDXL-style added conditioning) is not "
                                "supported; flexnas drives Stable Diffusion 1.x/2.x-style text-to-image pipelines")
     if text:
@@ -267,13 +184,13 @@ def problem_from_pretrained(model: str, *, name: str | None = None, scheduler: s
     if not text and guidance_scale != 1.0:
         raise FlexnasError(f"{model}: guidance applies to text-to-image pipelines only "
                            f"(got --guidance {guidance_scale})")
-    n_classes = _component_config(model, folder, "unet").get("num_class_embeds")
+    n_classes = component_config(model, folder, "unet").get("num_class_embeds")
     if not text and n_classes:
         kw["class_labels"] = list(range(int(n_classes)))  # image i gets class i mod n
     src = str(folder) if folder is not None else model
     kw.update(
         name=slug(name or (folder.resolve().name if folder is not None else model.split("/")[-1])),
-        load_pipeline=PipelineLoader(src, _component(index, "safety_checker")),
+        load_pipeline=PipelineLoader(src, has_component(index, "safety_checker")),
         scheduler=scheduler, scheduler_kwargs=dict(scheduler_kwargs), T=T, guidance_scale=guidance_scale,
         null_mode=null_mode,
         description=f"{pipe_cls} ({unet_cls}, {kind}) from {src}; {scheduler} {T}"

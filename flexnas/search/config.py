@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flexnas.errors import FlexnasError
-from flexnas.measures import GOALS, MEASURES
+from flexnas.metrics.measures import GOALS, MEASURES
 
 ALGORITHMS = ("nsga2", "ga")
 
@@ -23,7 +23,7 @@ class SearchConfig:
     macs_budget: float | None = None
     images: int | None = None
     goal: str | None = None  # quality or fidelity (None: quality where the problem has real-image statistics)
-    objective: str | None = None  # a measure of flexnas.measures (None: the goal's default)
+    objective: str | None = None  # a measure of flexnas.metrics.measures (None: the goal's default)
     skip: bool = True  # segments after the first may be skipped (False: the paper's space)
     rescore_images: int | None = None  # re-score the front and baselines on this many images (0: no; None: the problem's)
     segments: list[int] | None = None

@@ -77,7 +77,7 @@ class Plan:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "segments", tuple(
-            s if isinstance(s, Segment) else Segment(interval=s[1], branch=s[0]) for s in self.segments))
+            s if isinstance(s, Segment) else Segment(*s) for s in self.segments))
         self.validate()
 
     # ----------------------------------------------------------------- validation

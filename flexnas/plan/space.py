@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flexnas.errors import FlexnasError
-from flexnas.plan import Plan, Segment, divisors
+from flexnas.plan.plan import Plan, Segment, divisors
 
 
 @dataclass(frozen=True)

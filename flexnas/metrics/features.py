@@ -9,7 +9,6 @@ register their own extractors (e.g. the embedded Fashion-MNIST classifier) throu
 from __future__ import annotations
 
 import functools
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
 from flexnas.errors import FlexnasError
+from flexnas.fingerprint import module_digest
 
 INCEPTION = "inception-v3-compat"
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -64,11 +64,7 @@ def _fingerprint(name: str, weights: str | None) -> str:
     cls = FEATURE_EXTRACTORS_REGISTRY[name]
     layer = cls.get_default_feature_layer_for_metric("fid")
     kw = {"feature_extractor_weights_path": weights} if weights else {}
-    h = hashlib.sha256()
-    for k, v in sorted(cls(name, [layer], **kw).state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+    return module_digest(cls(name, [layer], **kw), config=False)
 
 
 def extractor_fingerprint(extractor_kw: dict[str, Any]) -> str:

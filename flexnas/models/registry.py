@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from flexnas.errors import FlexnasError
-from flexnas.pretrained import looks_like_model, problem_from_pretrained
-from flexnas.problem import Problem
+from flexnas.models.hub import looks_like_model
+from flexnas.models.pretrained import problem_from_pretrained
+from flexnas.models.problem import Problem
 
 ENTRY_POINT_GROUP = "flexnas.problems"
 
@@ -33,7 +34,7 @@ def available_problems() -> dict[str, Any]:
 
 def get_problem(name: str, **overrides: Any) -> Problem:
     """A problem by registered name (``flexnas.problems`` entry points), ``module:function``, or a
-    diffusers pipeline given as a local folder or hub id (``flexnas.pretrained.problem_from_pretrained``)."""
+    diffusers pipeline given as a local folder or hub id (``flexnas.models.pretrained.problem_from_pretrained``)."""
     eps = available_problems()
     if name in eps:
         factory = eps[name].load()

@@ -1,7 +1,7 @@
 """Candidate evaluation: one loaded problem per process scores plans from its feature store.
 
 The same code runs in-process and on Dask workers (``EvalTask`` is what pymoo's runner ships).
-Every record holds every measure of ``flexnas.measures``; the goal's objective is what pymoo sees.
+Every record holds every measure of ``flexnas.metrics.measures``; the goal's objective is what pymoo sees.
 """
 
 from __future__ import annotations
@@ -14,20 +14,19 @@ from typing import Any
 
 import numpy as np
 
-from flexnas.config import EVAL_FIELDS, SearchConfig
+from flexnas.engine.schedulers import can_drop
 from flexnas.errors import FlexnasError
-from flexnas.measures import DEFAULT_MEASURE, MEASURES, available, check_measure, score
-from flexnas.objectives import Evaluator
-from flexnas.plan import Plan
-from flexnas.registry import get_problem
-from flexnas.space import SearchSpace
-from flexnas.store import PrefixStore
+from flexnas.metrics.evaluator import Evaluator
+from flexnas.metrics.measures import DEFAULT_MEASURE, MEASURES, available, check_measure, score
+from flexnas.metrics.store import PrefixStore
+from flexnas.models.registry import get_problem
+from flexnas.plan.plan import Plan
+from flexnas.plan.space import SearchSpace
+from flexnas.search.config import EVAL_FIELDS, SearchConfig
 
 
 def check_runnable(evaluator: Evaluator, config: SearchConfig) -> None:
     """Refuse, before any sampling, a search that could only fail or score nothing."""
-    from flexnas.engine import accepts_custom_timesteps, is_ddim
-
     problem = evaluator.loaded.problem
     real = evaluator.reference()
     if config.goal is None:
@@ -38,7 +37,7 @@ def check_runnable(evaluator: Evaluator, config: SearchConfig) -> None:
     if config.rescore_images is None:
         config.rescore_images = problem.rescore_images if problem.rescore_images > evaluator.n else 0
     sch = evaluator.loaded.scheduler
-    if problem.null_mode == "drop" and not (is_ddim(sch) or accepts_custom_timesteps(sch)):
+    if problem.null_mode == "drop" and not can_drop(sch):
         raise FlexnasError(f"{type(sch).__name__} cannot drop timesteps: pass --null-mode reuse")
 
 

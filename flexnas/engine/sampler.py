@@ -15,8 +15,8 @@ from typing import Any, Callable
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from flexnas.engine import PlanController, StepCounter
-from flexnas.plan import Plan
+from flexnas.engine.controller import PlanController, StepCounter
+from flexnas.plan.plan import Plan
 
 
 @dataclass

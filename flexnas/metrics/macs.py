@@ -23,8 +23,8 @@ with warnings.catch_warnings():  # fvcore's import uses the deprecated torch.jit
     from fvcore.nn import FlopCountAnalysis
     from fvcore.nn.jit_handles import get_shape
 
-from flexnas.partial import PartialUNet
-from flexnas.plan import Plan, StepKind
+from flexnas.engine.partial import PartialUNet
+from flexnas.plan.plan import Plan, StepKind
 
 
 def sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:

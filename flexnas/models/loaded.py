@@ -1,60 +1,22 @@
-"""Problems: a model plus everything needed to sample and score it the same way every time.
-
-``Problem`` is the spec (pure settings); ``LoadedProblem`` is that spec with its pipeline in
-memory. Finding a problem by name is ``flexnas.registry``'s job.
-"""
+"""A problem with its pipeline in memory: images for any plan from the problem's fixed noise."""
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from flexnas.engine import PlanController, StepCounter, is_ddim
+from flexnas.engine.compiled import compile_by_default, compiled_forward
+from flexnas.engine.controller import PlanController, StepCounter
+from flexnas.engine.partial import PartialUNet, list_branches
+from flexnas.engine.sampler import Conditioning, initial_noise, sample, to_images
+from flexnas.engine.schedulers import is_ddim
 from flexnas.errors import FlexnasError
-from flexnas.partial import PartialUNet, list_branches
-from flexnas.plan import Plan, StepKind
-from flexnas.sampler import Conditioning, initial_noise, sample, to_images
+from flexnas.fingerprint import module_digest
+from flexnas.plan.plan import Plan, StepKind
 
-
-@dataclass
-class Problem:
-    """How to load a model and sample it for search and evaluation."""
-
-    name: str
-    load_pipeline: Callable[[], Any]
-    scheduler: str = "DDIMScheduler"
-    scheduler_kwargs: dict = field(default_factory=dict)
-    T: int = 100
-    num_images: int = 64
-    rescore_images: int = 0  # images a search re-scores its front on (0: none; --rescore-images)
-    seed: int = 0
-    batch_size: int = 64
-    eta: float = 0.0
-    null_mode: str = "drop"
-    class_labels: list[int] | None = None
-    guidance_scale: float = 1.0
-    encode_prompts: Callable[[Any, int, int], Conditioning] | None = None  # (pipeline, start, stop)
-    feature_extractor: str = "inception-v3-compat"
-    feature_extractor_weights: str | None = None
-    real_statistics: Path | None = None
-    branches: tuple[int, ...] | None = None
-    description: str = ""
-    prompts: list[str] | None = None  # the text of image i is prompts[i % len(prompts)] (text-to-image problems)
-    resolution: int | None = None  # image side in pixels (default: the U-Net's sample size times the VAE factor)
-    device: str = "cpu"  # cpu, cuda, cuda:N, or auto (cuda when available)
-    dtype: str | None = None  # fp32, fp16 or bf16 (None: as loaded)
-    compile: bool | None = None  # torch.compile the U-Net's step kinds (None: where benchmarks/REPORT.md found it faster)
-
-    def load(self, device: str | None = None, dtype: str | None = None) -> "LoadedProblem":
-        """The pipeline in memory on ``device`` in ``dtype`` (defaults: the problem's own fields)."""
-        return LoadedProblem(self, device, dtype)
-
-    def teacher_plan(self) -> Plan:
-        return Plan.teacher(self.scheduler, self.T, self.null_mode).with_meta(problem=self.name)
+if TYPE_CHECKING:
+    from flexnas.models.problem import Problem
 
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
@@ -95,25 +57,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return out
 
 
-def compile_by_default(device: torch.device) -> bool:
-    """Whether step kinds are compiled when the problem does not say (benchmarks/REPORT.md, throughput)."""
-    return device.type == "cuda"
-
-
-def compiled_forward(unet: torch.nn.Module, num_branches: int) -> Callable:
-    """``torch.compile`` of the U-Net's stock forward, traced through its kept partial-step hooks.
-
-    Dynamo guards on the hooks' mode and branch, so each step kind (FULL, PARTIAL at each
-    branch) gets its own static graph, as the DeepCache maintainers advise, and the graphs
-    live as long as the loaded problem. The recompile limit is raised to hold every kind at
-    two batch shapes (the problem's batch and a last, shorter one).
-    """
-    import torch._dynamo
-
-    cfg = torch._dynamo.config
-    cfg.recompile_limit = max(cfg.recompile_limit, 4 * (num_branches + 1))
-    return torch.compile(unet.forward)
-
 
 def vae_scale_factor(vae: Any) -> int:
     """Pixels per latent cell of a diffusers VAE / VQ model (2 ** (levels - 1)), 1 without one."""
@@ -122,14 +65,7 @@ def vae_scale_factor(vae: Any) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-def _hash_module(h: Any, module: torch.nn.Module) -> None:
-    h.update(repr(sorted(dict(module.config).items())).encode())
-    for k, v in sorted(module.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-
-
-class LoadedProblem:
+class LoadedModel:
     """A problem with its pipeline in memory: generates images for any plan from fixed noise.
 
     The whole pipeline (U-Net, VAE, text encoder) is moved to the problem's device and dtype.
@@ -191,11 +127,7 @@ class LoadedProblem:
     def identity(self) -> str:
         """A short hash of the U-Net (and VAE) weights and config: the model part of cache keys."""
         if self._identity is None:
-            h = hashlib.sha256()
-            _hash_module(h, self.unet)
-            if self.vae is not None:
-                _hash_module(h, self.vae)
-            self._identity = h.hexdigest()[:16]
+            self._identity = module_digest(self.unet, self.vae)
         return self._identity
 
     def prompts(self, start: int, stop: int) -> list[str] | None:

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from flexnas.engine import StepCounter
-from flexnas.features import to_uint8_rgb
-from flexnas.plan import Plan, StepKind
-from flexnas.problem import LoadedProblem
+from flexnas.engine.controller import StepCounter
+from flexnas.metrics.features import to_uint8_rgb
+from flexnas.models.loaded import LoadedModel
+from flexnas.plan.plan import Plan, StepKind
 
 
 def plan_key(plan: Plan) -> str:
@@ -36,7 +36,7 @@ def plan_key(plan: Plan) -> str:
 class FeatureStore:
     """Per-plan feature arrays of the problem's fixed-noise images (``root`` None: in memory only)."""
 
-    def __init__(self, loaded: LoadedProblem, extractor: str, extractor_kw: dict[str, Any], namespace: str,
+    def __init__(self, loaded: LoadedModel, extractor: str, extractor_kw: dict[str, Any], namespace: str,
                  root: str | Path | None = None, prefixes: PrefixStore | None = None):
         from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
         from torch_fidelity.utils import create_feature_extractor

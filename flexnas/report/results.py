@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from flexnas.plan import Plan
-from flexnas.report import plan_family, plot_pareto, save_grid, side_by_side
-
-from flexnas.measures import GROUND_TRUTH, MEASURES
+from flexnas.metrics.measures import GROUND_TRUTH, MEASURES
+from flexnas.plan.plan import Plan
+from flexnas.report.plots import plan_family, plot_pareto, save_grid, side_by_side
+from flexnas.search.problem import genome_key
 
 BASE_FIELDS = ("key", "generation", "family", "N", "strip", "macs", "macs_ratio")
 # what varies from run to run (timings, calls made, and the generation of a record evaluated again after a
@@ -48,11 +48,7 @@ def write_records(records: list[dict], stem: Path, costs: bool = True) -> None:
 def front_records(res, problem) -> list[dict]:
     """Records of the algorithm's final optimum (NSGA-II front, GA best), by MACs ratio."""
     opt = res.algorithm.opt
-    keys = []
-    for x in opt.get("X"):
-        k = ",".join(str(int(v)) for v in problem.space.canonical(x))
-        if k not in keys:
-            keys.append(k)
+    keys = list(dict.fromkeys(genome_key(problem.space.canonical(x)) for x in opt.get("X")))
     obj = problem.config.objective
     return sorted(problem.records(keys), key=lambda r: (r["macs_ratio"], r.get(obj, np.inf)))
 

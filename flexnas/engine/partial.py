@@ -13,6 +13,7 @@ unchanged, so any ``UNet2DModel`` or ``UNet2DConditionModel`` block layout works
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import torch
@@ -33,11 +34,17 @@ class Branch:
     name: str
 
 
+class Mode(str, Enum):
+    OFF = "off"  # plain forward
+    FULL = "full"  # run and cache
+    PARTIAL = "partial"  # serve modules deeper than the branch from the cache
+
+
 @dataclass
 class CacheState:
     """Shared by every hook of one U-Net: the current mode and the features of the last FULL step."""
 
-    mode: str = "off"  # "off": plain forward; "full": run and cache; "partial": serve deep modules from cache
+    mode: Mode = Mode.OFF
     branch: int = -1
     cache: dict[str, Any] = field(default_factory=dict)
 
@@ -91,21 +98,31 @@ def list_branches(unet: torch.nn.Module) -> list[Branch]:
 
 
 class _CacheHook(ModelHook):
-    """Runs and caches a module at FULL steps; serves its cached output at PARTIAL steps deeper than the branch."""
+    """Runs and caches a module at FULL steps; serves its cached output at PARTIAL steps deeper than the branch.
+
+    Stateful in diffusers' sense: ``HookRegistry.reset_stateful_hooks`` turns it off and forgets its feature.
+    """
+
+    _is_stateful = True
 
     def __init__(self, key: str, depth: int, state: CacheState):
         super().__init__()
         self.key, self.depth, self.state = key, depth, state
 
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.state.mode = Mode.OFF
+        self.state.cache.pop(self.key, None)
+        return module
+
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         st = self.state
-        if st.mode == "partial" and self.depth > st.branch:
+        if st.mode is Mode.PARTIAL and self.depth > st.branch:
             try:
                 return st.cache[self.key]
             except KeyError:
                 raise FlexnasError("a PARTIAL step ran before any FULL step filled the feature cache") from None
         out = self.fn_ref.original_forward(*args, **kwargs)
-        if st.mode == "full":
+        if st.mode is Mode.FULL:
             st.cache[self.key] = out
         return out
 
@@ -115,15 +132,15 @@ class PartialUNet:
 
     ``with PartialUNet(unet) as pu: pu.full(); unet(...); pu.partial(2); unet(...)``.
     ``remove()`` restores the stock forwards. ``keep=True`` hooks stay on the U-Net across
-    uses (``PartialUNet.use``), like diffusers' stateful hooks with ``reset_state``: a
-    compiled forward traced through them stays valid from one plan to the next.
+    uses (``PartialUNet.use``) and are reset between them (``reset_stateful_hooks``): a
+    compiled forward traced through them stays valid from one plan to the next. Hooks are
+    found and removed by name (``HOOK_NAME``), as diffusers' cache methods are.
     """
 
     def __init__(self, unet: torch.nn.Module, keep: bool = False):
         self.unet, self.kept = unet, keep
         self.branches, modules = _deep_modules(unet)
         self.state = CacheState()
-        self._registries = []
         try:
             for key, module, depth in modules:
                 reg = HookRegistry.check_if_exists_or_initialize(module)
@@ -131,7 +148,6 @@ class PartialUNet:
                     raise FlexnasError(f"{type(unet).__name__} already has flexnas hooks: remove the previous "
                                        "plan first")
                 reg.register_hook(_CacheHook(key, depth, self.state), HOOK_NAME)
-                self._registries.append(reg)
         except Exception:
             self.remove()  # no half-hooked model
             raise
@@ -148,32 +164,29 @@ class PartialUNet:
         return len(self.branches)
 
     def off(self) -> None:
-        self.state.mode = "off"
+        self.state.mode = Mode.OFF
 
     def full(self) -> None:
-        self.state.mode = "full"
+        self.state.mode = Mode.FULL
 
     def partial(self, branch: int) -> None:
         if not 0 <= branch < self.num_branches:
             raise FlexnasError(f"branch {branch} does not exist: {type(self.unet).__name__} has branches "
                                f"0..{self.num_branches - 1}")
-        self.state.mode, self.state.branch = "partial", branch
+        self.state.mode, self.state.branch = Mode.PARTIAL, branch
 
     def clear(self) -> None:
         self.state.cache.clear()
 
     def remove(self) -> None:
-        for reg in self._registries:
-            reg.remove_hook(HOOK_NAME, recurse=False)
-        self._registries.clear()
+        HookRegistry.check_if_exists_or_initialize(self.unet).remove_hook(HOOK_NAME, recurse=True)
         self.state.cache.clear()
         self.unet.__dict__.pop(_KEPT, None)
 
     def release(self) -> None:
         """End of one use: kept hooks are reset (off, empty cache), others removed."""
         if self.kept:
-            self.off()
-            self.clear()
+            HookRegistry.check_if_exists_or_initialize(self.unet).reset_stateful_hooks(recurse=True)
         else:
             self.remove()
 

@@ -10,10 +10,10 @@ import numpy as np
 from pymoo.core.crossover import Crossover
 from pymoo.core.duplicate import DuplicateElimination
 from pymoo.core.mutation import Mutation
-from pymoo.core.variable import get
 from pymoo.core.sampling import Sampling
+from pymoo.core.variable import get
 
-from flexnas.space import SearchSpace
+from flexnas.plan.space import SearchSpace
 
 
 def _space(problem) -> SearchSpace:

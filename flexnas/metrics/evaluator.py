@@ -1,7 +1,7 @@
-"""Scoring one plan: rFID and FID to real images (flexnas.measures on stored features), MACs, wall-clock.
+"""Scoring one plan: rFID and FID to real images (flexnas.metrics.measures on stored features), MACs, wall-clock.
 
 rFID compares the features of a candidate's images with the teacher's from the same initial
-noise. The teacher's features live in the feature store (``flexnas.store``) under a name
+noise. The teacher's features live in the feature store (``flexnas.metrics.store``) under a name
 that hashes everything they depend on (model identity, scheduler, T, eta, seeds, batch
 size, conditioning, extractor), so a second evaluation never resamples the teacher; FID
 comes from torch-fidelity's public statistics functions.
@@ -21,11 +21,11 @@ from typing import Any, Callable
 import torch
 
 from flexnas.errors import FlexnasError
-from flexnas.features import extractor_fingerprint, resolve_extractor
-from flexnas.macs import MacCounter, cache_dir
-from flexnas.plan import Plan
-from flexnas.problem import LoadedProblem, Problem
-
+from flexnas.metrics.features import extractor_fingerprint, resolve_extractor
+from flexnas.metrics.macs import MacCounter, cache_dir
+from flexnas.models.loaded import LoadedModel
+from flexnas.models.problem import Problem
+from flexnas.plan.plan import Plan
 
 
 def measure_wall(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float:
@@ -46,10 +46,10 @@ def measure_wall(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> fl
 class Evaluator:
     """Scores plans of one problem: rFID, FID to real images, MACs and wall-clock time."""
 
-    def __init__(self, problem: Problem | LoadedProblem, images: int | None = None, extractor: str | None = None,
+    def __init__(self, problem: Problem | LoadedModel, images: int | None = None, extractor: str | None = None,
                  extractor_weights: str | Path | None = None, cache_root: str | Path | None = None,
                  clip: str | Path | None = None):
-        self.loaded = problem if isinstance(problem, LoadedProblem) else problem.load()
+        self.loaded = problem if isinstance(problem, LoadedModel) else problem.load()
         p = self.loaded.problem
         self.n = p.num_images if images is None else images
         if self.n < 2:
@@ -62,7 +62,7 @@ class Evaluator:
         self._teacher_wall: dict[int, float] = {}
         self.clip = None
         if clip is not None:
-            from flexnas.clip import ClipScorer
+            from flexnas.metrics.clip import ClipScorer
 
             if self.loaded.prompts(0, 1) is None:
                 raise FlexnasError(f"--clip scores images against their prompts: problem {p.name} has no prompts")
@@ -98,7 +98,7 @@ class Evaluator:
     def store(self, root: str | Path | None = "default", prefixes: Any = None) -> "FeatureStore":
         """A feature store of this problem and extractor (default root: ``cache_root``,
         ``$FLEXNAS_CACHE/features``; None keeps features in memory only)."""
-        from flexnas.store import FeatureStore
+        from flexnas.metrics.store import FeatureStore
 
         root = self.cache_root if root == "default" else root
         return FeatureStore(self.loaded, self.extractor, self.extractor_kw, self.identity(), root, prefixes)
@@ -112,7 +112,7 @@ class Evaluator:
 
     def reference(self) -> "Reference | None":
         """The problem's real-image statistics in this extractor's space (None without them), read once."""
-        from flexnas.measures import Reference
+        from flexnas.metrics.measures import Reference
 
         if not hasattr(self, "_reference"):
             src = self.loaded.problem.real_statistics
@@ -126,7 +126,7 @@ class Evaluator:
     # ------------------------------------------------------------------ metrics
     def _scores(self, names: list[str], latents: torch.Tensor) -> dict[str, float]:
         """Measures of a candidate's first images, against the teacher's first images or real ones."""
-        from flexnas.measures import score
+        from flexnas.metrics.measures import score
 
         if "rfid" in names and not torch.isfinite(latents).all():
             warnings.warn("candidate images contain NaN or inf (the sampler diverged): rfid = inf", RuntimeWarning)
@@ -189,8 +189,3 @@ class Evaluator:
             w, tw = self.wall(plan, wall_images, repeats), self.teacher_wall(wall_images, repeats)
             out.update(wall_s=w, teacher_wall_s=tw, wall_ratio=w / tw)
         return out
-
-
-def rfid(plan: Plan, problem: Problem | LoadedProblem, images: int | None = None, **kw: Any) -> float:
-    """rFID of ``plan`` on ``problem`` (teacher statistics cached on disk)."""
-    return Evaluator(problem, images, **kw).rfid(plan)

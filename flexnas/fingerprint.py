@@ -1,0 +1,22 @@
+"""Content hashes of torch modules: how cache keys tell one set of weights from another."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+
+def module_digest(*modules: torch.nn.Module | None, config: bool = True) -> str:
+    """A short SHA-256 of the modules' state dicts (and diffusers configs when ``config``), in order;
+    None entries are skipped, so an optional component (a VAE) can be passed as it is."""
+    h = hashlib.sha256()
+    for module in modules:
+        if module is None:
+            continue
+        if config:
+            h.update(repr(sorted(dict(module.config).items())).encode())
+        for k, v in sorted(module.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]

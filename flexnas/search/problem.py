@@ -1,0 +1,83 @@
+"""The pymoo problem over plan genomes: records from the evaluation cache, the rest from the candidates.
+
+Evaluation is the expensive part, so it is never repeated: the run's evaluation records
+(``flexnas.search.runfolder``) answer known genomes, and ``flexnas.search.candidates`` scores the
+rest, in-process or through pymoo's runner (Dask). One generation is traced in docs/DESIGN.md, section 6.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pymoo.core.problem import Problem
+
+from flexnas.plan.space import SearchSpace
+from flexnas.search.candidates import EvalTask
+from flexnas.search.config import SearchConfig
+from flexnas.search.runfolder import EvalCache
+
+INF_SCORE = 1e9  # what pymoo sees for a diverged candidate (rfid = inf in the records)
+
+
+def genome_key(x: np.ndarray) -> str:
+    return ",".join(str(int(v)) for v in x)
+
+
+class GenomeProblem(Problem):
+    """Minimise (objective, MACs ratio) [NSGA-II] or objective s.t. MACs ratio <= budget [GA]."""
+
+    def __init__(self, space: SearchSpace, config: SearchConfig, run_dir: Path):
+        ga = config.algorithm == "ga"
+        xl, xu = space.bounds()
+        super().__init__(n_var=space.n_var, n_obj=1 if ga else 2,
+                         n_ieq_constr=0 if config.macs_budget is None else 1,
+                         xl=xl, xu=xu, vtype=int, exclude_from_serialization=["runner", "cache", "task", "progress"])
+        self.space, self.config, self.run_dir = space, config, run_dir
+        self.generation = 1
+        self.requested_total = 0  # evaluations pymoo asked for (cache hits included)
+        self.naive_total = 0  # denoiser calls those would cost without cache and prefix reuse
+        self.attach()
+
+    def attach(self, runner: Any = None, threads: int | None = None) -> None:
+        """(Re)connect what a checkpoint does not carry: the runner, the evaluation cache, the progress display."""
+        self.runner, self.progress = runner, None
+        self.task = EvalTask(self.config, self.space, threads=1 if runner is not None else threads)
+        self.cache = EvalCache(self.run_dir / "evaluations.jsonl")
+
+    def records(self, keys: list[str]) -> list[dict[str, Any]]:
+        """The evaluation records of canonical genome keys, evaluating the unknown ones (also those lost
+        with a damaged or deleted ``evaluations.jsonl``: the feature store makes that cheap)."""
+        todo = sorted({k for k in keys if k not in self.cache.records})
+        genomes = [np.array([int(v) for v in k.split(",")]) for k in todo]
+        progress = self.progress
+        if progress is not None:
+            progress.start(len(set(keys)), len(set(keys)) - len(todo))
+        if self.runner is not None and genomes:
+            results = self.runner(self.task, genomes)
+        else:
+            results = []
+            for g in genomes:
+                results.append(self.task(g))
+                if progress is not None:
+                    progress.step()
+        for key, g, r in zip(todo, genomes, results):
+            plan = self.space.decode(g)
+            self.cache.add({"key": key, "generation": self.generation, "genome": [int(v) for v in g],
+                            "plan": plan.to_dict(), "strip": plan.strip(), **r})
+        return [self.cache.records[k] for k in keys]
+
+    def _evaluate(self, X, out, *args, **kwargs):
+        X = np.asarray(X, dtype=int)
+        keys = [genome_key(self.space.canonical(x)) for x in X]
+        recs = self.records(keys)
+        self.requested_total += len(keys)
+        self.naive_total += sum(r["naive_calls"] for r in recs)
+        obj = np.array([r.get(self.config.objective, math.inf) for r in recs], dtype=float)
+        obj = np.where(np.isfinite(obj), obj, INF_SCORE)
+        macs = np.array([r["macs_ratio"] for r in recs], dtype=float)
+        out["F"] = obj[:, None] if self.config.algorithm == "ga" else np.stack([obj, macs], axis=1)
+        if self.config.macs_budget is not None:
+            out["G"] = (macs - self.config.macs_budget)[:, None]
