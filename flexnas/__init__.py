@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "apply": "flexnas.engine.apply", "Plan": "flexnas.plan.plan", "Segment": "flexnas.plan.plan", "Step": "flexnas.plan.plan",
-    "StepKind": "flexnas.plan.plan", "PlanController": "flexnas.engine.controller", "StepCounter": "flexnas.engine.controller",
+    "StepKind": "flexnas.plan.plan", "PlanController": "flexnas.engine.controller", "StepCounter": "flexnas.engine.steps",
     "FlexnasError": "flexnas.errors", "PartialUNet": "flexnas.engine.partial", "list_branches": "flexnas.engine.partial",
     "Problem": "flexnas.models.problem", "get_problem": "flexnas.models.registry", "Conditioning": "flexnas.engine.sampler",
     "sample": "flexnas.engine.sampler", "SearchSpace": "flexnas.plan.space",

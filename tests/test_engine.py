@@ -17,8 +17,9 @@ from diffusers import (
 )
 
 import flexnas
-from flexnas.engine.controller import PlanController, StepCounter
+from flexnas.engine.controller import PlanController
 from flexnas.engine.sampler import Conditioning, sample, to_images
+from flexnas.engine.steps import StepCounter
 from flexnas.errors import FlexnasError
 from flexnas.plan.plan import Plan, Segment
 

@@ -1,4 +1,4 @@
-"""flexnas.apply on the pipelines users run beyond text-to-image: inpainting and ControlNet (tiny, offline)."""
+"""flexnas.apply on the pipelines users run beyond text-to-image: inpainting, ControlNet, LoRA, SDXL (tiny, offline)."""
 
 from __future__ import annotations
 
@@ -179,3 +179,79 @@ def test_sdxl_text_and_image_to_image(sdxl):
     with flexnas.apply(pipe, Plan.uniform("DDIMScheduler", STEPS, 2, 3, 2, "reuse")):  # step 4 is NULL
         with pytest.raises(FlexnasError, match="starts at base step 4, a NULL step"):
             call(0.6)
+
+
+@pytest.mark.parametrize("which", ["inpaint", "controlnet", "sdxl"])
+@pytest.mark.parametrize("interval,branch", [(5, 0), (2, 1)])
+def test_deepcache_plan_equals_the_deepcache_helper(request, which, interval, branch):
+    """``Plan.deepcache`` on the stock pipeline gives the images of the ``DeepCache`` package's own helper
+    (``DeepCacheSDHelper``, uniform mode) at the same interval and branch: two independent implementations."""
+    helper_module = pytest.importorskip("DeepCache")
+    pipe, call = request.getfixturevalue(which)
+    helper = helper_module.DeepCacheSDHelper(pipe=pipe)
+    helper.set_params(cache_interval=interval, cache_branch_id=branch)
+    helper.enable()
+    try:
+        theirs = call()
+    finally:
+        helper.disable()
+    with flexnas.apply(pipe, Plan.deepcache("DDIMScheduler", STEPS, interval, branch)) as ctl:
+        ours = call()
+    assert ctl.counter.partial[branch] > 0
+    assert abs(ours - theirs).max() <= 1e-5
+    assert abs(ours - call()).max() > 1e-4  # the stock call differs: partial steps were taken
+
+
+def test_controlnet_runs_only_where_its_residuals_are_used(controlnet):
+    """NULL steps skip the ControlNet without changing the images (checked against the same plan with the
+    ControlNet run at every step); ``controlnet_reuse`` also skips it at PARTIAL steps; plan MACs count its
+    runs, which a forward hook on its stock ``conv_in`` counts independently."""
+    from diffusers.hooks import HookRegistry
+
+    from flexnas.engine.controller import HOOK_NAME
+    from flexnas.metrics.macs import MacCounter
+
+    pipe, call = controlnet
+    runs = []
+    pipe.controlnet.conv_in.register_forward_hook(lambda *_: runs.append(1))  # fires only when it really runs
+    plan = Plan.uniform("DDIMScheduler", STEPS, 2, 3, 1, "drop")  # F p1 p1 . . F p1 p1 . .
+    with flexnas.apply(pipe, plan) as ctl:
+        runs.clear()
+        skipped = call()
+        assert len(runs) == ctl.controlnet.calls == 6  # 2 FULL + 4 PARTIAL; guidance batches both halves
+        HookRegistry.check_if_exists_or_initialize(pipe.controlnet).remove_hook(HOOK_NAME, recurse=False)
+        runs.clear()
+        every_step = call()
+        assert len(runs) == STEPS
+    assert abs(skipped - every_step).max() == 0
+    counter = MacCounter(full=1000, partial={1: 300}, cfg_factor=2, controlnet=200)
+    assert counter.plan_macs(plan) == 2 * (2 * 1000 + 4 * 300 + 6 * 200)
+    with flexnas.apply(pipe, plan, controlnet_reuse=True) as ctl:
+        runs.clear()
+        reused = call()
+        assert len(runs) == ctl.controlnet.calls == 2
+    assert abs(reused - skipped).max() > 1e-4
+    counter.controlnet_reuse = True
+    assert counter.plan_macs(plan) == 2 * (2 * 1000 + 4 * 300 + 2 * 200)
+    stock = call()
+    with flexnas.apply(pipe, Plan.teacher("DDIMScheduler", STEPS), controlnet_reuse=True):
+        assert abs(call() - stock).max() == 0  # every step FULL: nothing is reused
+    with pytest.raises(FlexnasError, match="has no ControlNet"):
+        flexnas.apply(_NoControlNet(pipe), plan, controlnet_reuse=True)
+
+
+class _NoControlNet:
+    def __init__(self, pipe):
+        self.unet, self.scheduler = pipe.unet, pipe.scheduler
+
+
+def test_controlnet_macs_are_counted_with_fvcore(controlnet):
+    """``count_controlnet`` traces the ControlNet as the pipeline calls it; a ControlNet made from the U-Net
+    (its down path and mid block, plus the conditioning embedding) costs less than the whole U-Net."""
+    from flexnas.metrics.macs import count_controlnet, count_unet
+
+    pipe, _ = controlnet
+    hidden = torch.zeros(1, 77, pipe.unet.config.cross_attention_dim)
+    macs = count_controlnet(pipe.controlnet, (4, 8, 8), (3, 16, 16), {"encoder_hidden_states": hidden})
+    full, _ = count_unet(pipe.unet, (4, 8, 8), {"encoder_hidden_states": hidden})
+    assert 0 < macs < full

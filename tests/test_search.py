@@ -22,7 +22,7 @@ import torch
 from conftest import assert_grid_of
 
 from flexnas.cli import main
-from flexnas.engine.controller import StepCounter
+from flexnas.engine.steps import StepCounter
 from flexnas.metrics.store import PrefixStore
 from flexnas.models.registry import get_problem
 from flexnas.plan.plan import Plan, Segment

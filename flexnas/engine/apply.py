@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from flexnas.engine.controller import PlanController
+from flexnas.engine.controlnet import ControlNetHook
 from flexnas.errors import FlexnasError
 from flexnas.plan.plan import Plan
 
 
-def apply(pipeline: Any, plan: Plan | str) -> PlanController:
+def apply(pipeline: Any, plan: Plan | str, *, controlnet_reuse: bool = False) -> PlanController:
     """Make ``pipeline`` (DDPM/DDIM/PNDM/StableDiffusion...) run ``plan`` on its next calls.
 
     Returns the installed controller: use it as a context manager, or call ``remove()``
@@ -18,6 +19,10 @@ def apply(pipeline: Any, plan: Plan | str) -> PlanController:
 
         with flexnas.apply(pipe, "plan.json"):
             images = pipe(num_inference_steps=100).images
+
+    A pipeline's ControlNet does not run at NULL steps (exact); ``controlnet_reuse=True`` also
+    serves its residuals from the last FULL step at PARTIAL steps (cheaper, approximate).
+    ``controller.controlnet.calls`` counts its runs.
     """
     if not isinstance(plan, Plan):
         plan = Plan.load(plan)
@@ -26,4 +31,15 @@ def apply(pipeline: Any, plan: Plan | str) -> PlanController:
     if unet is None or scheduler is None:
         raise FlexnasError(f"{type(pipeline).__name__} has no 'unet' and 'scheduler': flexnas applies plans to "
                            "diffusers pipelines whose denoiser is a UNet2DModel or UNet2DConditionModel")
-    return PlanController(unet, scheduler, plan)
+    net = getattr(pipeline, "controlnet", None)
+    if controlnet_reuse and net is None:
+        raise FlexnasError(f"controlnet_reuse=True but {type(pipeline).__name__} has no ControlNet")
+    ctl = PlanController(unet, scheduler, plan)
+    if net is not None:
+        ctl.controlnet = ControlNetHook(ctl, reuse_on_partial=controlnet_reuse)
+        try:
+            ctl.add_hook(net, ctl.controlnet)
+        except Exception:
+            ctl.remove()
+            raise
+    return ctl

@@ -13,41 +13,18 @@ controller drives flexnas' own sampler loop and a user's stock pipeline (``flexn
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
 from flexnas.engine.partial import PartialUNet
-from flexnas.engine.schedulers import can_drop, is_ddim, timestep_key
+from flexnas.engine.steps import StepCounter, can_drop, is_ddim, timestep_key
 from flexnas.errors import FlexnasError
 from flexnas.plan.plan import Plan, StepKind
 
 HOOK_NAME = "flexnas_plan"
 PATCHED = ("set_timesteps", "step", "set_begin_index")  # scheduler methods a controller may replace
-
-
-@dataclass
-class StepCounter:
-    """Steps executed: FULL and PARTIAL (per branch) network calls, and NULL steps."""
-
-    full: int = 0
-    partial: Counter = field(default_factory=Counter)
-    null: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"full": self.full, "partial": dict(sorted(self.partial.items())), "null": self.null}
-
-    @property
-    def calls(self) -> int:
-        """Network evaluations (FULL + PARTIAL)."""
-        return self.full + sum(self.partial.values())
-
-    def reset(self) -> None:
-        self.full, self.null = 0, 0
-        self.partial.clear()
 
 
 class _ControlHook(ModelHook):
@@ -85,6 +62,8 @@ class PlanController:
             self.partial.release()
             raise
         self._last: Any = None
+        self._companions: list[tuple[torch.nn.Module, ModelHook]] = []
+        self.controlnet: ModelHook | None = None  # flexnas.apply's hook on a pipeline's ControlNet
         self._step_of: dict[float, int] = {}
         self._next_t: dict[int, int] = {}
         self._base_next: dict[int, int] = {}
@@ -123,6 +102,8 @@ class PlanController:
         self._step_of = {k: i for i, k in enumerate(distinct)}
         self._last = None
         self.partial.clear()
+        for module, hook in self._companions:
+            hook.reset_state(module)
         active = self.plan.active_indices()
         if self.plan.null_mode == "drop" and len(active) < self.plan.T:
             kept = [distinct[i] for i in active]
@@ -216,11 +197,17 @@ class PlanController:
         return out
 
     # ------------------------------------------------------------------ lifetime
+    def add_hook(self, module: torch.nn.Module, hook: ModelHook) -> None:
+        """Hook another model of the pipeline (its ControlNet) for the plan's lifetime, reset at each run."""
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK_NAME)
+        self._companions.append((module, hook))
+
     def remove(self) -> None:
-        """Restore the stock U-Net forward and scheduler methods."""
+        """Restore the stock U-Net forward and scheduler methods (and those of hooked companions)."""
         if self.partial is None:
             return
-        HookRegistry.check_if_exists_or_initialize(self.unet).remove_hook(HOOK_NAME, recurse=False)
+        for module in [self.unet] + [m for m, _ in self._companions]:
+            HookRegistry.check_if_exists_or_initialize(module).remove_hook(HOOK_NAME, recurse=False)
         self.partial.release()
         self.partial = None
         for attr in PATCHED:

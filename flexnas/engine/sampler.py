@@ -15,7 +15,8 @@ from typing import Any, Callable
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from flexnas.engine.controller import PlanController, StepCounter
+from flexnas.engine.controller import PlanController
+from flexnas.engine.steps import StepCounter
 from flexnas.plan.plan import Plan
 
 

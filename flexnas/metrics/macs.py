@@ -93,6 +93,32 @@ def count_unet(unet: torch.nn.Module, sample_shape: tuple[int, ...], unet_kwargs
     return full, partial
 
 
+class _ControlNet(torch.nn.Module):
+    """A ControlNet's forward with fixed conditioning, returning its residuals as a flat tuple, for tracing."""
+
+    def __init__(self, controlnet: torch.nn.Module, kwargs: dict[str, Any]):
+        super().__init__()
+        self.controlnet, self.kwargs = controlnet, kwargs
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        down, mid = self.controlnet(x, t, controlnet_cond=cond, **self.kwargs, return_dict=False)
+        return (*down, mid)
+
+
+@torch.no_grad()
+def count_controlnet(controlnet: torch.nn.Module, sample_shape: tuple[int, ...], cond_shape: tuple[int, ...],
+                     kwargs: dict[str, Any] | None = None, timestep: int = 500) -> int:
+    """MACs of one ControlNet call for one image: latents ``sample_shape``, control image ``cond_shape``;
+    ``kwargs`` are the pipeline's other arguments for one image (``encoder_hidden_states``, ...)."""
+    p = next(controlnet.parameters())
+    x = torch.randn(1, *sample_shape, device=p.device, dtype=p.dtype)
+    cond = torch.rand(1, *cond_shape, device=p.device, dtype=p.dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fwd = _ControlNet(controlnet, kwargs or {})
+        return int(count_macs(fwd, (x, torch.tensor(timestep, device=p.device), cond)).total())
+
+
 class _Decode(torch.nn.Module):
     """A VAE / VQ model's ``decode`` as a module returning a plain tensor, for tracing."""
 
@@ -118,19 +144,23 @@ class MacCounter:
     """Per-image MACs of FULL and PARTIAL steps; ``cfg_factor`` 2 when guidance doubles the batch.
 
     ``decode`` is the per-image MACs of the VAE / VQ decode of latent models (None for pixel models):
-    reported beside the denoiser's, never part of plan MACs or their ratios.
+    reported beside the denoiser's, never part of plan MACs or their ratios. ``controlnet`` is the
+    per-image MACs of one ControlNet call (``count_controlnet``): added at the steps where it runs
+    under ``flexnas.apply`` (FULL, and PARTIAL unless ``controlnet_reuse``; never NULL).
     """
 
     full: int
     partial: dict[int, int]
     cfg_factor: int = 1
     decode: int | None = None
+    controlnet: int = 0
+    controlnet_reuse: bool = False
 
     def step_macs(self, kind: StepKind, branch: int | None = None) -> int:
         if kind is StepKind.FULL:
-            return self.cfg_factor * self.full
+            return self.cfg_factor * (self.full + self.controlnet)
         if kind is StepKind.PARTIAL:
-            return self.cfg_factor * self.partial[branch]
+            return self.cfg_factor * (self.partial[branch] + (0 if self.controlnet_reuse else self.controlnet))
         return 0
 
     def plan_macs(self, plan: Plan) -> int:
@@ -138,7 +168,7 @@ class MacCounter:
         return sum(self.step_macs(s.kind, s.branch) for s in plan.steps)
 
     def teacher_macs(self, T: int) -> int:
-        return T * self.cfg_factor * self.full
+        return T * self.step_macs(StepKind.FULL)
 
     def ratio(self, plan: Plan) -> float:
         """Plan MACs / teacher MACs over the same base schedule."""

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flexnas.engine.controller import StepCounter
+from flexnas.engine.steps import StepCounter
 from flexnas.metrics.features import to_uint8_rgb
 from flexnas.models.loaded import LoadedModel
 from flexnas.plan.plan import Plan, StepKind

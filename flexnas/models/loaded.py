@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from flexnas.engine.compiled import compile_by_default, compiled_forward
-from flexnas.engine.controller import PlanController, StepCounter
+from flexnas.engine.controller import PlanController
 from flexnas.engine.partial import PartialUNet, list_branches
 from flexnas.engine.sampler import Conditioning, initial_noise, sample, to_images
-from flexnas.engine.schedulers import is_ddim
+from flexnas.engine.steps import StepCounter, is_ddim
 from flexnas.errors import FlexnasError
 from flexnas.fingerprint import module_digest
 from flexnas.plan.plan import Plan, StepKind

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from flexnas.engine.sampler import Conditioning
-from flexnas.engine.schedulers import can_drop
+from flexnas.engine.steps import can_drop
 from flexnas.errors import FlexnasError
 from flexnas.models.hub import check_supported, component_config, has_component, read_model_index, slug
 from flexnas.models.problem import Problem

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from flexnas.engine.schedulers import can_drop
+from flexnas.engine.steps import can_drop
 from flexnas.errors import FlexnasError
 from flexnas.metrics.evaluator import Evaluator
 from flexnas.metrics.measures import DEFAULT_MEASURE, MEASURES, available, check_measure, score
