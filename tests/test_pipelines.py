@@ -255,3 +255,24 @@ def test_controlnet_macs_are_counted_with_fvcore(controlnet):
     macs = count_controlnet(pipe.controlnet, (4, 8, 8), (3, 16, 16), {"encoder_hidden_states": hidden})
     full, _ = count_unet(pipe.unet, (4, 8, 8), {"encoder_hidden_states": hidden})
     assert 0 < macs < full
+
+
+def test_guidance_rescale(tiny_sd):
+    """Classifier-free guidance with ``guidance_rescale`` (the pipeline rescales the guided noise prediction
+    after the U-Net): the teacher plan is the stock call, a plan with PARTIAL and NULL steps agrees across
+    null modes, and the rescale matters."""
+    pipe = tiny_sd
+
+    def call(rescale: float):
+        return pipe("abc xyz", num_inference_steps=STEPS, guidance_scale=5.0, guidance_rescale=rescale,
+                    generator=gen(), output_type="np").images
+
+    stock = call(0.7)
+    assert abs(stock - call(0.0)).max() > 1e-4
+    with flexnas.apply(pipe, Plan.teacher("DDIMScheduler", STEPS)):
+        assert abs(call(0.7) - stock).max() == 0
+    outs = {}
+    for mode in ("drop", "reuse"):
+        with flexnas.apply(pipe, Plan.uniform("DDIMScheduler", STEPS, 2, 3, 1, mode)):
+            outs[mode] = call(0.7)
+    assert abs(outs["drop"] - outs["reuse"]).max() <= 1e-4 and abs(outs["drop"] - stock).max() > 1e-4
