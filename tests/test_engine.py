@@ -571,3 +571,23 @@ def test_torch_compile_of_the_unet_works_in_either_order(embedded_unet, schedule
         assert maxdiff(call(pipe), planned) == 0
         assert ctl.counter.as_dict() == plan.counts()
     assert maxdiff(call(pipe), stock) == 0
+
+
+def test_half_precision_vae_with_force_upcast_decodes_in_float32():
+    """SDXL's VAE overflows in fp16, so its config says ``force_upcast`` and the stock pipelines decode in
+    float32: ``to_images`` does the same (equal to a float32 copy of the fp16 weights) and casts it back."""
+    import copy
+
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
+                        sample_size=16, force_upcast=True).eval()
+    torch.nn.Module.to(vae, torch.float16)
+    z = torch.randn(2, 4, 8, 8).half()
+    ref_vae = torch.nn.Module.to(copy.deepcopy(vae), torch.float32)
+    with torch.no_grad():
+        ref = (ref_vae.decode(z.float() / ref_vae.config.scaling_factor, return_dict=False)[0] / 2 + 0.5).clamp(0, 1)
+    out = to_images(z, vae)
+    assert out.dtype == torch.float32 and torch.equal(out, ref) and vae.dtype == torch.float16

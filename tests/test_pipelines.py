@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import save_tiny_sdxl
 
 import flexnas
 from flexnas.errors import FlexnasError
@@ -133,24 +134,9 @@ def test_lora_loaded_through_peft(tiny_sd, tmp_path, fused):
 @pytest.fixture
 def sdxl(tiny_sd, tmp_path):
     """A tiny StableDiffusionXLPipeline (two text encoders, added time/text conditioning), saved and reloaded."""
-    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
-    tok = tiny_sd.tokenizer
-    cfg = CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(4)
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, projection_class_embeddings_input_dim=8 * 6 + 32, cross_attention_dim=64,
-        norm_num_groups=8).eval()
-    pipe = StableDiffusionXLPipeline(vae=tiny_sd.vae, text_encoder=CLIPTextModel(cfg).eval(),
-                                     text_encoder_2=CLIPTextModelWithProjection(cfg).eval(), tokenizer=tok,
-                                     tokenizer_2=tok, unet=unet, scheduler=tiny_sd.scheduler)
-    pipe.save_pretrained(tmp_path / "sdxl")
+    save_tiny_sdxl(tmp_path / "sdxl", tiny_sd)
     pipe = StableDiffusionXLPipeline.from_pretrained(tmp_path / "sdxl", local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     img2img = StableDiffusionXLImg2ImgPipeline(**pipe.components)

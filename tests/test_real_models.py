@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import assert_grid_of, write_tiny_clip_tokenizer
-from tiny_models import save_tiny_clip, save_tiny_ddpm, save_tiny_dit, save_tiny_ldm
+from tiny_models import save_tiny_clip, save_tiny_ddpm, save_tiny_dit, save_tiny_ldm, save_tiny_sdxl
 
 from flexnas.cli import main
 from flexnas.errors import FlexnasError
@@ -58,6 +58,9 @@ def folders(tmp_path_factory, tiny_sd_folder):
         d = {"ddpm": save_tiny_ddpm(root / "ddpm-cifar10-32"), "ldm": save_tiny_ldm(root / "ldm-celebahq-256"),
              "sd": Path(tiny_sd_folder), "dit": save_tiny_dit(root / "dit")}
         d["clip"] = save_tiny_clip(root / "clip", write_tiny_clip_tokenizer(root / "clip-tokenizer"))
+        from diffusers import StableDiffusionPipeline
+
+        d["sdxl"] = save_tiny_sdxl(root / "sdxl", StableDiffusionPipeline.from_pretrained(tiny_sd_folder))
     finally:
         torch.set_num_threads(old)
     (root / "prompts.txt").write_text("# test prompts\n" + "\n".join(PROMPTS) + "\n\n")
@@ -85,12 +88,14 @@ def maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
     ("ddpm-cifar10", "ddpm", dict(name="ddpm-cifar10", scheduler="DDIMScheduler", T=100, num_images=1000)),
     ("ldm-celebahq", "ldm", dict(name="ldm-celebahq", scheduler="DDIMScheduler", T=250)),
     ("sd15", "sd", dict(name="sd15", scheduler="PNDMScheduler", T=50, null_mode="reuse", guidance_scale=7.5)),
+    (None, "sdxl", dict(scheduler="EulerDiscreteScheduler", T=50, null_mode="drop", guidance_scale=5.0)),
+    ("sdxl", "sdxl", dict(name="sdxl", scheduler="EulerDiscreteScheduler", T=50, batch_size=8)),
 ])
 def test_defaults_from_pipeline_class_and_named_problems(folders, spec, key, expect):
     problem = get_problem(str(folders[key])) if spec is None else get_problem(spec, model=str(folders[key]))
     for k, v in expect.items():
         assert getattr(problem, k) == v, k
-    if key == "sd":  # the shipped MS-COCO-style prompt list
+    if key in ("sd", "sdxl"):  # the shipped MS-COCO-style prompt list
         assert len(problem.prompts) == 64 and problem.encode_prompts is not None
     assert str(folders[key].resolve()) in problem.description
 
@@ -179,8 +184,31 @@ def test_sd_teacher_equals_stock_pipeline_plms_guidance(folders):
     assert maxdiff(direct, latents) <= 1e-5
 
 
+@pytest.mark.parametrize("scheduler", ["EulerDiscreteScheduler", "DDIMScheduler"])
+def test_sdxl_teacher_equals_stock_pipeline(folders, scheduler):
+    """SDXL: two text encoders, pooled text embeddings and size conditioning, zero negative embeddings
+    (``force_zeros_for_empty_prompt``) as the stock pipeline makes them; a DeepCache plan runs and differs."""
+    import diffusers
+    from diffusers import StableDiffusionXLPipeline
+
+    problem = get_problem(str(folders["sdxl"]), scheduler=scheduler, T=10, num_images=2, batch_size=2,
+                          prompts=str(folders["prompts_txt"]))
+    loaded = problem.load()
+    pipe = StableDiffusionXLPipeline.from_pretrained(folders["sdxl"], local_files_only=True)
+    pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    stock = pipe(PROMPTS[:2], num_inference_steps=10, guidance_scale=5.0, output_type="latent",
+                 generator=torch.Generator("cpu").manual_seed(0)).images
+    ours = loaded.latents(None)
+    assert maxdiff(ours, stock) <= 1e-5
+    cond = loaded.conditioning(0, 2)
+    assert cond.time_ids.tolist() == [[16, 16, 0, 0, 16, 16]] * 2 and not cond.negative_prompt_embeds.any()
+    planned = loaded.latents(Plan.deepcache(scheduler, 10, 5, 1))
+    assert torch.isfinite(planned).all() and maxdiff(planned, ours) > 1e-4
+
+
 # ----------------------------------------------------------------------------- 3. search from the CLI
-@pytest.mark.parametrize("case", ["ddpm-model", "ldm-problem", "sd-problem"])
+@pytest.mark.parametrize("case", ["ddpm-model", "ldm-problem", "sd-problem", "sdxl-model"])
 def test_two_generation_search(folders, tmp_path, capsys, case):
     out = tmp_path / "run"
     common = ["--steps", "10", "--images", "4", "--batch-size", "4", "--pop", "4", "--gens", "2",
@@ -189,7 +217,8 @@ def test_two_generation_search(folders, tmp_path, capsys, case):
     which = {"ddpm-model": ["--model", str(folders["ddpm"])],
              "ldm-problem": ["--problem", "ldm-celebahq", "--model", str(folders["ldm"])],
              "sd-problem": ["--problem", "sd15", "--model", str(folders["sd"]), "--prompts",
-                            str(folders["prompts_json"])]}[case]
+                            str(folders["prompts_json"])],
+             "sdxl-model": ["--model", str(folders["sdxl"]), "--prompts", str(folders["prompts_txt"])]}[case]
     rc, stdout, err = run(capsys, "search", *which, *common)
     assert rc == 0, err
     front = json.loads((out / "front.json").read_text())
@@ -201,6 +230,8 @@ def test_two_generation_search(folders, tmp_path, capsys, case):
     if case == "sd-problem":
         assert plan.scheduler == "PNDMScheduler" and plan.null_mode == "reuse"
         assert run_cfg["config"]["overrides"]["prompts"] == str(folders["prompts_json"].resolve())
+    elif case == "sdxl-model":
+        assert plan.scheduler == "EulerDiscreteScheduler" and plan.null_mode == "drop"
     else:
         assert plan.scheduler == "DDIMScheduler" and plan.null_mode == "drop"
     assert (out / "grids" / "plan_0.png").is_file() and "results in" in stdout

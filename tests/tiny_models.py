@@ -4,7 +4,8 @@
 - LDM (the ``CompVis/ldm-celebahq-256`` layout): ``LDMPipeline`` = ``UNet2DModel`` on 3x8x8 latents +
   ``VQModel`` (16x16 images, scaling factor 0.5 so the decode's scaling is exercised) + ``DDIMScheduler``;
 - DiT: a ``DiTPipeline`` whose denoiser is a transformer (unsupported by flexnas);
-- CLIP: a tiny ``CLIPModel`` with tokenizer and image-processor config (for the CLIP score).
+- CLIP: a tiny ``CLIPModel`` with tokenizer and image-processor config (for the CLIP score);
+- SDXL: ``StableDiffusionXLPipeline`` (two text encoders, added time/text conditioning) on the tiny SD parts.
 
 The Stable Diffusion layout is ``tests/conftest.py``'s ``tiny_sd_folder``. Nothing is downloaded.
 """
@@ -79,3 +80,26 @@ def save_tiny_clip(folder: Path, tokenizer_dir: Path) -> Path:
     tok.save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(folder)
     return Path(folder)
+
+
+def save_tiny_sdxl(folder: Path, tiny_sd) -> Path:
+    """A tiny SDXL pipeline sharing the tiny Stable Diffusion pipeline's VAE, tokenizer and scheduler."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    tok = tiny_sd.tokenizer
+    cfg = CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(4)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=8 * 6 + 32, cross_attention_dim=64,
+        norm_num_groups=8).eval()
+    pipe = StableDiffusionXLPipeline(vae=tiny_sd.vae, text_encoder=CLIPTextModel(cfg).eval(),
+                                     text_encoder_2=CLIPTextModelWithProjection(cfg).eval(), tokenizer=tok,
+                                     tokenizer_2=tok, unet=unet, scheduler=tiny_sd.scheduler)
+    pipe.save_pretrained(folder)
+    return folder

@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     def problem_arg(sp: argparse.ArgumentParser, steps_flag: bool = True) -> None:
         """--problem and/or --model (one of them is required, checked in _problem_spec) and the model options."""
         sp.add_argument("--problem", default=None,
-                        help="registered problem name (fashion-mnist, ddpm-cifar10, ldm-celebahq, sd15) or "
+                        help="registered problem name (fashion-mnist, ddpm-cifar10, ldm-celebahq, sd15, sdxl) or "
                              "module:function")
         g = sp.add_argument_group("model options (any diffusers pipeline whose denoiser is a U-Net)")
         g.add_argument("--model", default=None, metavar="PATH_OR_ID",

@@ -25,22 +25,33 @@ class Conditioning:
     """What the denoiser is conditioned on; all fields optional.
 
     ``prompt_embeds``/``negative_prompt_embeds`` are text-encoder outputs ``[B, L, D]``;
-    with ``guidance_scale > 1`` both halves go through the U-Net in one batched call.
+    with ``guidance_scale > 1`` both halves go through the U-Net in one batched call. SDXL-style
+    U-Nets also take pooled text embeddings ``[B, D]`` and size conditioning ``time_ids`` ``[B, 6]``
+    (original size, crop corner, target size), passed as ``added_cond_kwargs`` as the stock pipeline does.
     """
 
     class_labels: torch.Tensor | None = None
     prompt_embeds: torch.Tensor | None = None
     negative_prompt_embeds: torch.Tensor | None = None
     guidance_scale: float = 1.0
+    pooled_embeds: torch.Tensor | None = None
+    negative_pooled_embeds: torch.Tensor | None = None
+    time_ids: torch.Tensor | None = None
 
     @property
     def cfg(self) -> bool:
         return self.prompt_embeds is not None and self.guidance_scale > 1.0
 
+    def _both(self, negative: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+        return torch.cat([negative, positive]) if self.cfg else positive
+
     def unet_kwargs(self) -> dict[str, Any]:
         if self.prompt_embeds is not None:
-            emb = torch.cat([self.negative_prompt_embeds, self.prompt_embeds]) if self.cfg else self.prompt_embeds
-            return {"encoder_hidden_states": emb}
+            kw: dict[str, Any] = {"encoder_hidden_states": self._both(self.negative_prompt_embeds, self.prompt_embeds)}
+            if self.pooled_embeds is not None:
+                kw["added_cond_kwargs"] = {"text_embeds": self._both(self.negative_pooled_embeds, self.pooled_embeds),
+                                           "time_ids": self._both(self.time_ids, self.time_ids)}
+            return kw
         if self.class_labels is not None:
             return {"class_labels": self.class_labels}
         return {}
@@ -112,9 +123,20 @@ def sample(unet: torch.nn.Module, scheduler: Any, T: int, shape: tuple[int, ...]
 
 
 def to_images(x: torch.Tensor, vae: Any = None) -> torch.Tensor:
-    """Final latents to images in [0, 1] (decoding through ``vae`` for latent models)."""
+    """Final latents to images in [0, 1] (decoding through ``vae`` for latent models).
+
+    A half-precision VAE whose config says ``force_upcast`` (SDXL's overflows in fp16) decodes in
+    float32 and is cast back afterwards, as the stock SDXL pipelines do.
+    """
     if vae is not None:
         scale = getattr(vae.config, "scaling_factor", 1.0)
-        with torch.no_grad():
-            x = vae.decode(x / scale, return_dict=False)[0]
+        upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        if upcast:
+            torch.nn.Module.to(vae, torch.float32)  # (diffusers' own .to warns about every dtype cast)
+        try:
+            with torch.no_grad():
+                x = vae.decode(x.to(vae.dtype) / scale, return_dict=False)[0]
+        finally:
+            if upcast:
+                torch.nn.Module.to(vae, torch.float16)
     return (x / 2 + 0.5).clamp(0, 1)

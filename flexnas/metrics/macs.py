@@ -12,7 +12,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -178,10 +178,13 @@ class MacCounter:
     def for_problem(cls, loaded: Any) -> "MacCounter":
         """Counted once per model identity, resolution and conditioning; cached on disk."""
         cond = loaded.conditioning(0, 1)
-        kwargs = cond.unet_kwargs()
-        if cond.cfg:  # one image's conditional half; the doubled batch is cfg_factor
-            kwargs = {"encoder_hidden_states": cond.prompt_embeds[:1]}
-        shapes = sorted((k, tuple(v.shape) if torch.is_tensor(v) else v) for k, v in kwargs.items())
+        kwargs = replace(cond, guidance_scale=1.0).unet_kwargs()  # one image's conditional half: cfg_factor doubles
+
+        def shape(v: Any) -> Any:
+            return tuple(v.shape) if torch.is_tensor(v) else sorted((k, shape(x)) for k, x in v.items()) \
+                if isinstance(v, dict) else v
+
+        shapes = sorted((k, shape(v)) for k, v in kwargs.items())
         key = (f"v{MACS_VERSION}-{sorted(EXTRA_OP_HANDLES)}-{loaded.identity}-"
                f"{'x'.join(map(str, loaded.sample_shape))}-{shapes}")
         path = cache_dir() / "macs" / f"{_slug(key)}.json"

@@ -138,7 +138,12 @@ class LoadedModel:
     def conditioning(self, start: int, stop: int) -> Conditioning:
         p = self.problem
         if p.encode_prompts is not None:
-            return p.encode_prompts(self.pipeline, start, stop)
+            cond = p.encode_prompts(self.pipeline, start, stop)
+            if cond.pooled_embeds is not None and cond.time_ids is None:  # SDXL: the stock size conditioning
+                h, w = (s * vae_scale_factor(self.vae) for s in self.sample_shape[1:])
+                ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=cond.prompt_embeds.dtype, device=self.device)
+                cond.time_ids = ids.repeat(stop - start, 1)
+            return cond
         if p.class_labels:
             labels = torch.tensor([p.class_labels[i % len(p.class_labels)] for i in range(start, stop)],
                                   device=self.device)

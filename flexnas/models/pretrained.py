@@ -69,10 +69,12 @@ def read_prompts(path: str | Path) -> list[str]:
 
 
 class PromptEncoder:
-    """``Problem.encode_prompts`` for pipelines with ``encode_prompt`` (Stable Diffusion and kin).
+    """``Problem.encode_prompts`` for pipelines with ``encode_prompt`` (Stable Diffusion, SDXL and kin).
 
     Image ``i`` is conditioned on ``prompts[i % len(prompts)]``; with guidance > 1 the negative
-    prompt is ``""``, as the stock pipeline does when none is given.
+    prompt is what the stock pipeline uses when none is given (``""``; zeros for SDXL with
+    ``force_zeros_for_empty_prompt``). SDXL's pooled embeddings come along; its size
+    conditioning is the loaded model's to add (it knows the resolution).
     """
 
     def __init__(self, prompts: list[str], guidance_scale: float):
@@ -84,10 +86,12 @@ class PromptEncoder:
         texts = [self.prompts[i % len(self.prompts)] for i in range(start, stop)]
         cfg = self.guidance_scale > 1.0
         with torch.no_grad():
-            pe, ne = pipeline.encode_prompt(texts, pipeline._execution_device, 1, cfg,
-                                            negative_prompt=[""] * len(texts) if cfg else None)
-        return Conditioning(prompt_embeds=pe, negative_prompt_embeds=ne if cfg else None,
-                            guidance_scale=self.guidance_scale)
+            out = pipeline.encode_prompt(prompt=texts, device=pipeline._execution_device, num_images_per_prompt=1,
+                                         do_classifier_free_guidance=cfg)
+        pooled, negative_pooled = (out[2], out[3]) if len(out) == 4 else (None, None)
+        return Conditioning(prompt_embeds=out[0], negative_prompt_embeds=out[1] if cfg else None,
+                            guidance_scale=self.guidance_scale, pooled_embeds=pooled,
+                            negative_pooled_embeds=negative_pooled if cfg else None)
 
 
 # --------------------------------------------------------------------------- loading
@@ -157,10 +161,9 @@ def problem_from_pretrained(model: str, *, name: str | None = None, scheduler: s
             raise FlexnasError(f"{model}: {pipe_cls} has a UNet2DConditionModel but no text_encoder/tokenizer; flexnas "
                                "conditions such U-Nets on prompts through the pipeline's encode_prompt")
         _check_encode_prompt(model, pipe_cls)
-        if has_component(index, "text_encoder_2"):
-            raise FlexnasError(f"{model}: {pipe_cls} (two text encoders, SDXL-style added conditioning) is not "
-                               "supported; flexnas drives Stable Diffusion 1.x/2.x-style text-to-image pipelines")
-    if text:
+    if text and has_component(index, "text_encoder_2"):  # SDXL: its stock scheduler and guidance
+        d_sched, d_T, d_guid, kind = "EulerDiscreteScheduler", 50, 5.0, "text-to-image, SDXL"
+    elif text:
         d_sched, d_T, d_guid, kind = "PNDMScheduler", 50, 7.5, "text-to-image"
     elif latent:
         d_sched, d_T, d_guid, kind = "DDIMScheduler", 250, 1.0, "latent"
@@ -208,7 +211,8 @@ def _check_encode_prompt(model: str, pipe_cls: str) -> None:
     if fn is None:
         raise FlexnasError(f"{model}: {pipe_cls} has no encode_prompt; flexnas drives text-to-image pipelines "
                            "through encode_prompt (StableDiffusionPipeline and kin)")
-    params = list(inspect.signature(fn).parameters)
-    if params[1:5] != ["prompt", "device", "num_images_per_prompt", "do_classifier_free_guidance"]:
-        raise FlexnasError(f"{model}: {pipe_cls}.encode_prompt has an unfamiliar signature {params[1:5]}; flexnas "
-                           "supports Stable Diffusion-style text-to-image pipelines")
+    params = set(inspect.signature(fn).parameters)
+    needed = {"prompt", "device", "num_images_per_prompt", "do_classifier_free_guidance"}
+    if not needed <= params:
+        raise FlexnasError(f"{model}: {pipe_cls}.encode_prompt lacks {sorted(needed - params)}; flexnas supports "
+                           "Stable Diffusion- and SDXL-style text-to-image pipelines")
