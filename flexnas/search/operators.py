@@ -23,7 +23,17 @@ def _space(problem) -> SearchSpace:
 class FlexSampling(Sampling):
     """Initial population: the teacher plan, then DeepCache-like uniform plans, step-reduction plans
     and (where the first segment may be skipped) stock-spaced step reductions at any step count, in
-    turn (the baselines a search should start from), then random genomes."""
+    turn (the baselines a search should start from), then random genomes.
+
+    ``trailing_null`` adds a fourth family to the turn: DeepCache with trailing NULL steps (every
+    segment ``F p.. . .``: interval k between 1 and L, shallowest branch). Between 3.4x and 5x
+    fewer MACs these are far closer to the teacher than step reduction (benchmarks/REPORT.md,
+    "Fidelity seeds"), so fidelity searches start from them.
+    """
+
+    def __init__(self, trailing_null: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.trailing_null = trailing_null
 
     def _do(self, problem, n_samples, *args, random_state=None, **kwargs):
         sp = _space(problem)
@@ -46,8 +56,13 @@ class FlexSampling(Sampling):
                 kk = np.zeros(sp.T, int)
                 kk[pos] = 1
                 leading.append(sp.join(sp.T, np.zeros(sp.T, int), kk))
-        for i in range(max(len(deepcache), len(steps), len(leading))):
-            seeds += [g[i] for g in (deepcache, steps, leading) if i < len(g)]
+        trailing = []
+        if self.trailing_null:  # (only then drawing from rng: other searches keep their populations)
+            pairs = [(n, k) for n in sp.Ns for k in range(2, sp.T // n)]
+            trailing = [sp.join(n, np.zeros(n, int), np.full(n, k)) for n, k in (pairs[j] for j in rng.permutation(len(pairs)))]
+        families = (deepcache, steps, leading, trailing)
+        for i in range(max(map(len, families))):
+            seeds += [g[i] for g in families if i < len(g)]
         X = seeds[:n_samples]
         while len(X) < n_samples:
             X.append(sp.random(rng))

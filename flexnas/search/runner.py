@@ -42,8 +42,9 @@ def make_algorithm(space: SearchSpace, config: SearchConfig):
     from pymoo.algorithms.soo.nonconvex.ga import GA
     from pymoo.operators.selection.tournament import TournamentSelection
 
-    kw = dict(pop_size=config.pop, sampling=FlexSampling(), crossover=SegmentCrossover(),
-              mutation=SegmentMutation(), eliminate_duplicates=CanonicalDuplicateElimination(space))
+    sampling = FlexSampling(trailing_null=config.goal == "fidelity")
+    kw = dict(pop_size=config.pop, sampling=sampling, crossover=SegmentCrossover(), mutation=SegmentMutation(),
+              eliminate_duplicates=CanonicalDuplicateElimination(space))
     if config.algorithm == "ga":
         return GA(selection=TournamentSelection(func_comp=ga_tournament), **kw)
     return NSGA2(**kw)
