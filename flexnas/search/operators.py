@@ -26,7 +26,7 @@ class FlexSampling(Sampling):
     turn (the baselines a search should start from), then random genomes.
 
     ``trailing_null`` adds a fourth family to the turn: DeepCache with trailing NULL steps (every
-    segment ``F p.. . .``: interval k between 1 and L, shallowest branch). Between 3.4x and 5x
+    segment ``F p.. . .``: interval k between 1 and L, shallowest branch), most segments first. Between 3.4x and 5x
     fewer MACs these are far closer to the teacher than step reduction (benchmarks/REPORT.md,
     "Fidelity seeds"), so fidelity searches start from them.
     """
@@ -56,10 +56,10 @@ class FlexSampling(Sampling):
                 kk = np.zeros(sp.T, int)
                 kk[pos] = 1
                 leading.append(sp.join(sp.T, np.zeros(sp.T, int), kk))
-        trailing = []
-        if self.trailing_null:  # (only then drawing from rng: other searches keep their populations)
-            pairs = [(n, k) for n in sp.Ns for k in range(2, sp.T // n)]
-            trailing = [sp.join(n, np.zeros(n, int), np.full(n, k)) for n, k in (pairs[j] for j in rng.permutation(len(pairs)))]
+        # DeepCache with trailing NULL steps: most segments first (short gaps keep closest to the teacher),
+        # then the most active steps per segment; a fixed order, so other families' draws are unchanged
+        pairs = sorted(((n, k) for n in sp.Ns for k in range(2, sp.T // n)), reverse=True) if self.trailing_null else []
+        trailing = [sp.join(n, np.zeros(n, int), np.full(n, k)) for n, k in pairs]
         families = (deepcache, steps, leading, trailing)
         for i in range(max(map(len, families))):
             seeds += [g[i] for g in families if i < len(g)]
