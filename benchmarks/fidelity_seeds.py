@@ -66,13 +66,19 @@ def run(images: int, seed: int) -> dict:
         r = cand.evaluate(plan, n=images, measures=["paired"])
         rows.append({"name": name, "kind": kind, "strip": plan.strip(), "paired": r["paired"],
                      "macs_speedup": 1 / r["macs_ratio"], "wall_speedup": teacher_wall / ev.wall(plan, 16, 3)})
+    mark_beaten(rows)
+    return {"images": images, "seed": seed, "search_s": search_s, "total_s": time.time() - t0, "rows": rows,
+            "machine": machine()}
+
+
+def mark_beaten(rows: list[dict]) -> None:
+    """Each baseline's ``beaten_by``: the closest searched plan at least as fast (wall-clock) with a lower
+    paired distance, or None."""
     searched = [r for r in rows if r["kind"] == "searched"]
     for r in rows:
         if r["kind"] == "baseline":
             win = [s for s in searched if s["wall_speedup"] >= r["wall_speedup"] and s["paired"] < r["paired"]]
             r["beaten_by"] = min(win, key=lambda s: s["paired"])["name"] if win else None
-    return {"images": images, "seed": seed, "search_s": search_s, "total_s": time.time() - t0, "rows": rows,
-            "machine": machine()}
 
 
 def render(out: dict) -> str:

@@ -54,3 +54,20 @@ def test_quick_benchmark_writes_report_and_figures(tmp_path, monkeypatch):
             assert (tmp_path / line.split("(")[1].rstrip(")")).is_file()
     tq = json.loads((results / "teacher_quality.json").read_text())
     assert tq["samples"] == 100 and len(tq["class_histogram"]) == 10
+
+
+def test_fidelity_seeds_marks_a_baseline_beaten_only_by_a_faster_closer_plan():
+    from benchmarks.fidelity_seeds import mark_beaten, render
+
+    def row(name, kind, wall, paired):
+        return {"name": name, "kind": kind, "wall_speedup": wall, "macs_speedup": wall, "paired": paired, "strip": "F"}
+
+    rows = [row("fast close", "searched", 4.0, 1.2), row("faster", "searched", 5.0, 1.5),
+            row("slow base", "baseline", 3.0, 1.3),  # both searched plans are faster; only one is closer
+            row("close base", "baseline", 3.5, 1.1),  # nothing closer
+            row("fast base", "baseline", 6.0, 2.0)]  # nothing as fast
+    mark_beaten(rows)
+    assert [r.get("beaten_by") for r in rows] == [None, None, "fast close", None, None]
+    text = render({"rows": rows, "seed": 0, "images": 256, "total_s": 60, "machine": "m"})
+    assert "**1 of 3 fast-region baselines beaten**" in text and "| slow base | baseline | 3.00x |" in text
+
