@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -52,3 +53,19 @@ def publish(name: str, out: dict, markdown: str, results: Path, report: Path) ->
     write_section(name, markdown, report)
     print(markdown)
     return 0
+
+
+def parse(doc: str, argv: list[str] | None, add_options=lambda parser: None) -> argparse.Namespace:
+    """A benchmark's command line (its own options, then --report, --results and --threads), parsed,
+    with torch set to that many threads."""
+    import torch
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    add_options(parser)
+    parser.add_argument("--report", default=str(REPORT))
+    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    return args
+

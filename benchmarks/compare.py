@@ -18,9 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from benchmarks.common import REPORT, RESULTS, machine, save_json, write_section
+from benchmarks.common import machine, parse, save_json, write_section
 from benchmarks.study import choose_measures, objective_study
 from flexnas.errors import report_errors
 from flexnas.metrics.measures import GROUND_TRUTH
@@ -232,15 +231,12 @@ def run(s: Settings, report: Path, results: Path, figures: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--problem", default="fashion-mnist")
-    p.add_argument("--quick", action="store_true", help="tiny settings: checks the machinery in minutes")
-    p.add_argument("--report", default=str(REPORT))
-    p.add_argument("--results", default=str(RESULTS))
-    p.add_argument("--figures", default=None, help="default: <report folder>/figures")
-    p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    def options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--problem", default="fashion-mnist")
+        p.add_argument("--quick", action="store_true", help="tiny settings: checks the machinery in minutes")
+        p.add_argument("--figures", default=None, help="default: <report folder>/figures")
+
+    args = parse(__doc__, argv, options)
     s = Settings.quick(args.problem) if args.quick else Settings(problem=args.problem)
     report = Path(args.report)
     figures = Path(args.figures) if args.figures else report.parent / "figures"

@@ -20,9 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from benchmarks.common import REPORT, RESULTS, machine, publish
+from benchmarks.common import machine, parse, publish
 from flexnas.errors import report_errors
 from flexnas.plan.plan import Plan
 from flexnas.report.results import front_records
@@ -99,14 +97,11 @@ def render(out: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=256)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--report", default=str(REPORT))
-    ap.add_argument("--results", default=str(RESULTS))
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    def options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--images", type=int, default=256)
+        p.add_argument("--seed", type=int, default=0)
+
+    args = parse(__doc__, argv, options)
 
     def go() -> int:
         out = run(args.images, args.seed)

@@ -16,9 +16,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from benchmarks.common import REPORT, RESULTS, machine, publish
+from benchmarks.common import machine, parse, publish
 from flexnas.errors import report_errors
 from flexnas.metrics.measures import score
 from flexnas.plan.plan import Plan, Segment
@@ -60,13 +59,10 @@ def render(out: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=256)
-    ap.add_argument("--report", default=str(REPORT))
-    ap.add_argument("--results", default=str(RESULTS))
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    def options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--images", type=int, default=256)
+
+    args = parse(__doc__, argv, options)
 
     def go() -> int:
         out = run(args.images, (8, 10, 12))

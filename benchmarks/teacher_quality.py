@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import REPORT, RESULTS, machine, save_json, write_section
+from benchmarks.common import machine, parse, save_json, write_section
 from flexnas.errors import report_errors
 from flexnas.metrics.evaluator import Evaluator
 from flexnas.metrics.features import to_uint8_rgb
@@ -87,18 +87,16 @@ none above 25%: {ok}; largest share {res['max_class_share']:.1%}):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--samples", type=int, default=2000)
-    p.add_argument("--hist-samples", type=int, default=1000)
-    p.add_argument("--quick", action="store_true", help="100 samples (for a smoke test)")
-    p.add_argument("--report", default=str(REPORT))
-    p.add_argument("--results", default=str(RESULTS))
-    p.add_argument("--no-grid", action="store_true")
-    p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    def options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--samples", type=int, default=2000)
+        p.add_argument("--hist-samples", type=int, default=1000)
+        p.add_argument("--quick", action="store_true", help="100 samples (for a smoke test)")
+        p.add_argument("--no-grid", action="store_true")
+
+    args = parse(__doc__, argv, options)
     samples = 100 if args.quick else args.samples
     hist = min(args.hist_samples, samples)
+
     def go() -> int:
         res = run(samples, hist, Path(args.report), Path(args.results), None if args.no_grid else GRID)
         print(f"FID to test {res['fid_to_test']:.3f}; max class share {res['max_class_share']:.1%}; "

@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from benchmarks.common import REPORT, RESULTS, machine, publish
+from benchmarks.common import machine, parse, publish
 from flexnas.engine.partial import PartialUNet
 from flexnas.errors import report_errors
 from flexnas.metrics.evaluator import measure_wall
@@ -144,13 +144,10 @@ def render(out: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--report", default=str(REPORT))
-    p.add_argument("--results", default=str(RESULTS))
-    p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    def options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--quick", action="store_true")
+
+    args = parse(__doc__, argv, options)
 
     def go() -> int:
         from pathlib import Path
