@@ -207,6 +207,21 @@ def test_sdxl_teacher_equals_stock_pipeline(folders, scheduler):
     assert torch.isfinite(planned).all() and maxdiff(planned, ours) > 1e-4
 
 
+def test_model_identity_follows_the_weights_not_the_folder(folders, tmp_path):
+    """The same pipeline in another folder (a fresh clone, a moved cache) keeps its identity, so its cached
+    features stay valid; other weights do not."""
+    import shutil
+
+    moved = shutil.copytree(folders["ddpm"], tmp_path / "elsewhere" / "ddpm")
+    a = get_problem(str(folders["ddpm"])).load()
+    b = get_problem(str(moved)).load()
+    assert a.unet.config._name_or_path != b.unet.config._name_or_path and a.identity == b.identity
+    with torch.no_grad():
+        b.unet.conv_in.bias[0] += 1e-3
+    b._identity = None
+    assert b.identity != a.identity
+
+
 # ----------------------------------------------------------------------------- 3. search from the CLI
 @pytest.mark.parametrize("case", ["ddpm-model", "ldm-problem", "sd-problem", "sdxl-model"])
 def test_two_generation_search(folders, tmp_path, capsys, case):
