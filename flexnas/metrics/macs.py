@@ -170,9 +170,10 @@ class MacCounter:
     def teacher_macs(self, T: int) -> int:
         return T * self.step_macs(StepKind.FULL)
 
-    def ratio(self, plan: Plan) -> float:
-        """Plan MACs / teacher MACs over the same base schedule."""
-        return self.plan_macs(plan) / self.teacher_macs(plan.T)
+    def ratio(self, plan: Plan, T: int | None = None) -> float:
+        """Plan MACs / MACs of the teacher over ``T`` steps (default: the plan's own base schedule; a
+        problem's T for a stock ``num_inference_steps=k`` plan, whose own T is k)."""
+        return self.plan_macs(plan) / self.teacher_macs(plan.T if T is None else T)
 
     @classmethod
     def for_problem(cls, loaded: Any) -> "MacCounter":

@@ -92,7 +92,7 @@ class CandidateEvaluator:
         cost = self.store.cost(plan, n)
         macs = self.evaluator.macs
         # against the problem's teacher, also for a plan on another base schedule (a stock k-step run)
-        out.update(macs=macs.plan_macs(plan), macs_ratio=macs.plan_macs(plan) / macs.teacher_macs(self.loaded.problem.T),
+        out.update(macs=macs.plan_macs(plan), macs_ratio=macs.ratio(plan, self.loaded.problem.T),
                    eval_s=round(time.perf_counter() - t0, 3), sample_s=round(cost["sample_s"], 3),
                    calls=0 if before else cost["calls"],
                    naive_calls=len(plan.active_indices()) * len(self.loaded.batches(n)))
