@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     quick = ["--quick"] if args.quick else []
     if args.problem == "fashion-mnist":
         grid = ["--no-grid"] if args.quick else []  # a quick run must not replace the README's grid
-        rc = teacher_quality.main([*common, *quick, *grid])
+        compiled = [] if args.quick else ["--compile"]  # the images benchmarks.compare samples (Settings.compile)
+        rc = teacher_quality.main([*common, *quick, *grid, *compiled])
         if rc:
             return rc
     rc = compare.main(["--problem", args.problem, *common, *quick,

@@ -29,13 +29,14 @@ from flexnas.report.plots import save_grid
 GRID = Path(__file__).resolve().parents[1] / "docs" / "teacher_grid.png"
 
 
-def run(samples: int, hist_samples: int, report: Path, results: Path, grid: Path | None) -> dict:
+def run(samples: int, hist_samples: int, report: Path, results: Path, grid: Path | None,
+        compile: bool = False) -> dict:
     from problems.fashion_mnist import load_classifier
     from problems.fashion_mnist.data import CLASSES, load_split
     from problems.fashion_mnist.features import NAME
     from problems.fashion_mnist.train_classifier import accuracy
 
-    ev = Evaluator(get_problem("fashion-mnist"), images=samples)
+    ev = Evaluator(get_problem("fashion-mnist", compile=compile), images=samples)
     store, teacher = ev.store(), ev.loaded.problem.teacher_plan()
     f_gen = store.features(teacher, samples)
     sample_s = store.cost(teacher, samples)["sample_s"]
@@ -72,7 +73,7 @@ Command: `python -m benchmarks.teacher_quality` · machine: {res['machine']}
 |---|---|
 | FID to real (classifier features, {samples} samples vs {samples} test images) | {fid_value:.3f} |
 | classifier accuracy on the 10,000 test images | {acc:.2%} |
-| sampling time for {samples} images (when they entered the feature store) | {sample_s:.0f} s |
+| sampling time for {samples} images (when they entered the feature store{', compiled step kinds' if compile else ''}) | {sample_s:.0f} s |
 
 Class histogram of {hist_samples} teacher samples by the classifier (target: every class present,
 none above 25%: {ok}; largest share {res['max_class_share']:.1%}):
@@ -92,13 +93,16 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--hist-samples", type=int, default=1000)
         p.add_argument("--quick", action="store_true", help="100 samples (for a smoke test)")
         p.add_argument("--no-grid", action="store_true")
+        p.add_argument("--compile", action="store_true",
+                       help="sample with the compiled step kinds (benchmarks.run does, to share compare's images)")
 
     args = parse(__doc__, argv, options)
     samples = 100 if args.quick else args.samples
     hist = min(args.hist_samples, samples)
 
     def go() -> int:
-        res = run(samples, hist, Path(args.report), Path(args.results), None if args.no_grid else GRID)
+        res = run(samples, hist, Path(args.report), Path(args.results), None if args.no_grid else GRID,
+                  args.compile)
         print(f"FID to test {res['fid_to_test']:.3f}; max class share {res['max_class_share']:.1%}; "
               f"classifier accuracy {res['classifier_test_accuracy']:.2%}")
         return 0
