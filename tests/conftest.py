@@ -174,3 +174,19 @@ def assert_grid_of(path: Path, images: torch.Tensor) -> None:
     got = np.asarray(Image.open(path).convert("RGB"))
     assert got.shape == expected.shape and np.abs(got.astype(int) - expected.astype(int)).max() <= 1
 
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """A fresh flexnas cache per test and no hub access (real-model tests load only tiny saved pipelines)."""
+    monkeypatch.setenv("FLEXNAS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """``flexnas ARGV`` on one thread: (exit status, stdout, stderr)."""
+    from flexnas.cli import main
+
+    rc = main(["--threads", "1", *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import save_tiny_sdxl
+from tiny_models import save_tiny_sdxl, tiny_controlnet
 
 import flexnas
+from flexnas.engine.steps import executed_steps, first_step
 from flexnas.errors import FlexnasError
 from flexnas.plan.plan import Plan
 
@@ -43,14 +44,9 @@ def inpaint(tiny_sd):
 @pytest.fixture
 def controlnet(tiny_sd):
     """StableDiffusionControlNetPipeline with a ControlNet made from the tiny U-Net."""
-    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+    from diffusers import StableDiffusionControlNetPipeline
 
-    torch.manual_seed(2)
-    net = ControlNetModel.from_unet(tiny_sd.unet, conditioning_embedding_out_channels=(16, 32)).eval()
-    for p in net.parameters():  # from_unet zero-initialises the residual convolutions: make them matter
-        if p.dim() == 4 and p.abs().sum() == 0:
-            torch.nn.init.normal_(p, std=0.1)
-    pipe = StableDiffusionControlNetPipeline(**tiny_sd.components, controlnet=net)
+    pipe = StableDiffusionControlNetPipeline(**tiny_sd.components, controlnet=tiny_controlnet(tiny_sd.unet))
     pipe.set_progress_bar_config(disable=True)
 
     def call(cond_scale: float = 1.0):
@@ -134,7 +130,8 @@ def test_lora_loaded_through_peft(tiny_sd, tmp_path, fused):
 @pytest.fixture
 def sdxl(tiny_sd, tmp_path):
     """A tiny StableDiffusionXLPipeline (two text encoders, added time/text conditioning), saved and reloaded."""
-    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+    from diffusers import (StableDiffusionXLImg2ImgPipeline,
+                           StableDiffusionXLPipeline)
 
     save_tiny_sdxl(tmp_path / "sdxl", tiny_sd)
     pipe = StableDiffusionXLPipeline.from_pretrained(tmp_path / "sdxl", local_files_only=True)
@@ -162,9 +159,11 @@ def test_sdxl_text_and_image_to_image(sdxl):
             with flexnas.apply(pipe, Plan.uniform("DDIMScheduler", STEPS, 5, 1, None, mode)):
                 outs[mode] = call(strength)
         assert abs(outs["drop"] - outs["reuse"]).max() <= 1e-4 and abs(outs["drop"] - stock).max() > 1e-4
-    with flexnas.apply(pipe, Plan.uniform("DDIMScheduler", STEPS, 2, 3, 2, "reuse")):  # step 4 is NULL
-        with pytest.raises(FlexnasError, match="starts at base step 4, a NULL step"):
-            call(0.6)
+    plan = Plan.uniform("DDIMScheduler", STEPS, 2, 3, 2, "reuse")  # F p2 p2 . . x2: step 4 is NULL
+    with flexnas.apply(pipe, plan) as ctl:  # with no output to reuse yet, it runs FULL
+        call(0.6)
+    assert ctl.counter.as_dict() == {"full": 2, "partial": {2: 2}, "null": 2}
+    assert [s.symbol() for s in executed_steps(plan, first_step(STEPS, 0.6))] == "F F p2 p2 . .".split()
 
 
 @pytest.mark.parametrize("which", ["inpaint", "controlnet", "sdxl"])

@@ -15,37 +15,18 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from conftest import assert_grid_of, write_tiny_clip_tokenizer
-from tiny_models import save_tiny_clip, save_tiny_ddpm, save_tiny_dit, save_tiny_ldm, save_tiny_sdxl
+from conftest import assert_grid_of, run_cli, write_tiny_clip_tokenizer
+from tiny_models import (EXTRACTOR, save_tiny_clip, save_tiny_ddpm,
+                         save_tiny_dit, save_tiny_ldm, save_tiny_sdxl)
 
-from flexnas.cli import main
 from flexnas.errors import FlexnasError
-from flexnas.metrics.features import ModuleFeatureExtractor, register_extractor
 from flexnas.models.registry import get_problem
 from flexnas.plan.plan import Plan
 
-EXTRACTOR = "flexnas-test-pool"
 PROMPTS = ["abc", "xyz cat", "a b c", "cat xyz abc"]
 
 
-class PoolFeatures(ModuleFeatureExtractor):
-    """Test-only extractor: 2x2 average-pooled RGB (12 features), no weights."""
-
-    def load(self, weights_path):
-        return torch.nn.Identity()
-
-    def embed(self, x_uint8):
-        return (F.adaptive_avg_pool2d(x_uint8.float() / 255, 2).flatten(1),)
-
-
-register_extractor(EXTRACTOR, PoolFeatures)
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLEXNAS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +48,6 @@ def folders(tmp_path_factory, tiny_sd_folder):
     (root / "prompts.json").write_text(json.dumps([{"caption": p} for p in PROMPTS]))
     d["prompts_txt"], d["prompts_json"] = root / "prompts.txt", root / "prompts.json"
     return d
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    rc = main(["--threads", "1", *argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -234,7 +209,7 @@ def test_two_generation_search(folders, tmp_path, capsys, case):
              "sd-problem": ["--problem", "sd15", "--model", str(folders["sd"]), "--prompts",
                             str(folders["prompts_json"])],
              "sdxl-model": ["--model", str(folders["sdxl"]), "--prompts", str(folders["prompts_txt"])]}[case]
-    rc, stdout, err = run(capsys, "search", *which, *common)
+    rc, stdout, err = run_cli(capsys, "search", *which, *common)
     assert rc == 0, err
     front = json.loads((out / "front.json").read_text())
     records = json.loads((out / "candidates.json").read_text())
@@ -259,12 +234,12 @@ def test_evaluate_reports_decode_macs_and_clip_score(folders, tmp_path, capsys):
     from flexnas.metrics.macs import count_decode
 
     plan = tmp_path / "dc.json"
-    rc, _, err = run(capsys, "plan", "--model", str(folders["sd"]), "--base-steps", "10", "--deepcache", "2",
+    rc, _, err = run_cli(capsys, "plan", "--model", str(folders["sd"]), "--base-steps", "10", "--deepcache", "2",
                      "--branch", "1", "--out", str(plan))
     assert rc == 0, err
     args = ["--model", str(folders["sd"]), "--steps", "10", "--images", "4", "--batch-size", "2",
             "--prompts", str(folders["prompts_txt"]), "--extractor", EXTRACTOR]
-    rc, out, err = run(capsys, "evaluate", *args, "--plan", str(plan), "--wall-images", "0", "--json",
+    rc, out, err = run_cli(capsys, "evaluate", *args, "--plan", str(plan), "--wall-images", "0", "--json",
                        "--clip", str(folders["clip"]))
     assert rc == 0, err
     res = json.loads(out)
@@ -272,10 +247,10 @@ def test_evaluate_reports_decode_macs_and_clip_score(folders, tmp_path, capsys):
     assert res["decode_macs"] == count_decode(loaded.vae, loaded.sample_shape) > 0
     assert 0 < res["macs_ratio"] < 1  # the decode is not part of the denoiser ratio
     assert 0.0 <= res["clip_score"] <= 100.0
-    rc, out, err = run(capsys, "show", str(plan), *args[:4])
+    rc, out, err = run_cli(capsys, "show", str(plan), *args[:4])
     assert rc == 0 and "decode MACs per image" in out, err
     # pixel models have no decode
-    rc, out, err = run(capsys, "evaluate", "--model", str(folders["ddpm"]), "--steps", "10", "--images", "2",
+    rc, out, err = run_cli(capsys, "evaluate", "--model", str(folders["ddpm"]), "--steps", "10", "--images", "2",
                        "--extractor", EXTRACTOR, "--plan", str(_teacher(tmp_path, 10)), "--wall-images", "0", "--json")
     assert rc == 0 and "decode_macs" not in json.loads(out), err
 
@@ -371,7 +346,7 @@ def test_cli_errors_are_one_line(folders, tmp_path, capsys, case, message):
              "scheduler": ["--scheduler", "NoSuchScheduler"]}.get(case, [])
     argv = ["search", *([] if case == "neither" else ["--model", model]), *extra, "--steps", "10", "--images", "2",
             "--pop", "2", "--gens", "1", "--extractor", EXTRACTOR, "--quiet", "--device", "cpu", "--out", str(out)]
-    rc, stdout, err = run(capsys, *argv)
+    rc, stdout, err = run_cli(capsys, *argv)
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert message in err and lines[0].startswith("flexnas: error: ")
@@ -384,7 +359,7 @@ def test_cli_errors_are_one_line(folders, tmp_path, capsys, case, message):
 @pytest.mark.parametrize("command", ["branches", "space", "plan"])
 def test_other_commands_take_model(folders, capsys, command):
     extra = ["--teacher"] if command == "plan" else []
-    rc, out, err = run(capsys, command, "--model", str(folders["sd"]), *extra)
+    rc, out, err = run_cli(capsys, command, "--model", str(folders["sd"]), *extra)
     assert rc == 0, err
     if command == "plan":
         plan = Plan.from_json(out)
@@ -393,7 +368,7 @@ def test_other_commands_take_model(folders, capsys, command):
         assert out.splitlines()[0] == "0\tconv_in"
     else:
         assert "PNDMScheduler" in out
-    rc, _, err = run(capsys, command, "--model", str(folders["dit"]), *extra)
+    rc, _, err = run_cli(capsys, command, "--model", str(folders["dit"]), *extra)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "transformer" in err
 
 
@@ -401,15 +376,15 @@ def test_named_problem_on_other_weights(folders, capsys):
     """``--problem fashion-mnist --model DIR``: the embedded problem's settings on another DDPM folder."""
     from problems.fashion_mnist import PIPELINE_DIR
 
-    rc, out, err = run(capsys, "branches", "--problem", "fashion-mnist", "--model", str(PIPELINE_DIR))
+    rc, out, err = run_cli(capsys, "branches", "--problem", "fashion-mnist", "--model", str(PIPELINE_DIR))
     assert rc == 0 and out.splitlines()[0] == "0\tconv_in", err
-    rc, out, err = run(capsys, "branches", "--problem", "fashion-mnist", "--model", str(folders["dit"]))
+    rc, out, err = run_cli(capsys, "branches", "--problem", "fashion-mnist", "--model", str(folders["dit"]))
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 def test_sample_with_model_writes_grid(folders, tmp_path, capsys):
     out = tmp_path / "grid.png"
-    rc, stdout, err = run(capsys, "sample", "--model", str(folders["ldm"]), "--steps", "10", "--images", "2",
+    rc, stdout, err = run_cli(capsys, "sample", "--model", str(folders["ldm"]), "--steps", "10", "--images", "2",
                           "--batch-size", "2", "--out", str(out))
     assert rc == 0, err
     assert_grid_of(out, get_problem(str(folders["ldm"]), T=10, batch_size=2).load().images(None, n=2))

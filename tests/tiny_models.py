@@ -5,7 +5,8 @@
   ``VQModel`` (16x16 images, scaling factor 0.5 so the decode's scaling is exercised) + ``DDIMScheduler``;
 - DiT: a ``DiTPipeline`` whose denoiser is a transformer (unsupported by flexnas);
 - CLIP: a tiny ``CLIPModel`` with tokenizer and image-processor config (for the CLIP score);
-- SDXL: ``StableDiffusionXLPipeline`` (two text encoders, added time/text conditioning) on the tiny SD parts.
+- SDXL: ``StableDiffusionXLPipeline`` (two text encoders, added time/text conditioning) on the tiny SD parts;
+- ControlNet: a ``ControlNetModel`` made from a tiny U-Net, with non-zero residual convolutions.
 
 The Stable Diffusion layout is ``tests/conftest.py``'s ``tiny_sd_folder``. Nothing is downloaded.
 """
@@ -15,6 +16,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+
+from flexnas.metrics.features import ModuleFeatureExtractor, register_extractor
+
+EXTRACTOR = "flexnas-test-pool"
+
+
+class PoolFeatures(ModuleFeatureExtractor):
+    """Test-only extractor: 2x2 average-pooled RGB (12 features), no weights (Inception's are not here)."""
+
+    def load(self, weights_path):
+        return torch.nn.Identity()
+
+    def embed(self, x_uint8):
+        return (F.adaptive_avg_pool2d(x_uint8.float() / 255, 2).flatten(1),)
+
+
+register_extractor(EXTRACTOR, PoolFeatures)
 
 
 def _unet2d(sample_size: int, channels: int = 3):
@@ -51,7 +70,8 @@ def save_tiny_ldm(folder: Path) -> Path:
 
 
 def save_tiny_dit(folder: Path) -> Path:
-    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+    from diffusers import (AutoencoderKL, DDIMScheduler, DiTPipeline,
+                           DiTTransformer2DModel)
 
     torch.manual_seed(0)
     transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
@@ -65,7 +85,8 @@ def save_tiny_dit(folder: Path) -> Path:
 
 def save_tiny_clip(folder: Path, tokenizer_dir: Path) -> Path:
     """A tiny CLIPModel + its tokenizer (the byte-level one of conftest) + a CLIPImageProcessor config."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel,
+                              CLIPTokenizer)
 
     tok = CLIPTokenizer.from_pretrained(tokenizer_dir, model_max_length=77)
     torch.manual_seed(0)
@@ -85,7 +106,8 @@ def save_tiny_clip(folder: Path, tokenizer_dir: Path) -> Path:
 def save_tiny_sdxl(folder: Path, tiny_sd) -> Path:
     """A tiny SDXL pipeline sharing the tiny Stable Diffusion pipeline's VAE, tokenizer and scheduler."""
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import (CLIPTextConfig, CLIPTextModel,
+                              CLIPTextModelWithProjection)
 
     tok = tiny_sd.tokenizer
     cfg = CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
@@ -103,3 +125,16 @@ def save_tiny_sdxl(folder: Path, tiny_sd) -> Path:
                                      tokenizer_2=tok, unet=unet, scheduler=tiny_sd.scheduler)
     pipe.save_pretrained(folder)
     return folder
+
+
+def tiny_controlnet(unet):
+    """A ControlNet made from ``unet`` (``ControlNetModel.from_unet``) whose residuals matter: from_unet
+    zero-initialises the residual convolutions, which would make any plan's ControlNet handling invisible."""
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(2)
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32)).eval()
+    for p in net.parameters():
+        if p.dim() == 4 and p.abs().sum() == 0:
+            torch.nn.init.normal_(p, std=0.1)
+    return net

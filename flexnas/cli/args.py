@@ -12,7 +12,8 @@ from flexnas.errors import FlexnasError, writable_folder
 # CLI option -> problem override (Problem field or problem_from_pretrained argument)
 MODEL_OVERRIDES = {"scheduler": "scheduler", "base_steps": "T", "guidance": "guidance_scale", "prompts": "prompts",
                    "resolution": "resolution", "device": "device", "dtype": "dtype", "batch_size": "batch_size",
-                   "compile": "compile"}
+                   "compile": "compile", "input_images": "input_images", "strength": "strength",
+                   "control_images": "control_images"}
 
 
 def problem_spec(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
@@ -35,15 +36,16 @@ def problem_spec(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         value = getattr(args, opt, None)
         if value is not None:
             overrides[key] = value
-    if "prompts" in overrides:
-        overrides["prompts"] = str(Path(overrides["prompts"]).expanduser().resolve())
+    for key in ("prompts", "input_images", "control_images"):  # absolute: run.json and workers must find them
+        if key in overrides:
+            overrides[key] = str(Path(overrides[key]).expanduser().resolve())
     for key in ("T", "resolution", "batch_size"):
         positive({"T": "base-steps", "batch_size": "batch-size"}.get(key, key), overrides.get(key))
     return problem or model, overrides
 
 
 def load_problem(args: argparse.Namespace):
-    from flexnas.models.loaded import resolve_device, resolve_dtype
+    from flexnas.models.device import resolve_device, resolve_dtype
     from flexnas.models.registry import get_problem
 
     spec, overrides = problem_spec(args)

@@ -32,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (text-to-image)")
         g.add_argument("--prompts", default=None, metavar="FILE",
                        help="prompt file: text (one per line) or JSON (text-to-image)")
+        g.add_argument("--input-images", default=None, metavar="FOLDER",
+                       help="init images of an image-to-image pipeline (image i: the i-th file mod their number)")
+        g.add_argument("--strength", type=float, default=None,
+                       help="image-to-image strength in (0, 1]: the share of the base schedule that runs (default 0.8)")
+        g.add_argument("--control-images", default=None, metavar="FOLDER",
+                       help="conditioning images of a ControlNet pipeline")
         g.add_argument("--resolution", type=int, default=None, metavar="PIXELS", help="image side in pixels")
         g.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the problem's)")
         g.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"),

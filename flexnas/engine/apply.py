@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from flexnas.engine.controller import PlanController
 from flexnas.engine.controlnet import ControlNetHook
@@ -10,7 +10,8 @@ from flexnas.errors import FlexnasError
 from flexnas.plan.plan import Plan
 
 
-def apply(pipeline: Any, plan: Plan | str, *, controlnet_reuse: bool = False) -> PlanController:
+def apply(pipeline: Any, plan: Plan | str, *, controlnet_reuse: bool = False,
+          forward: Callable | None = None) -> PlanController:
     """Make ``pipeline`` (DDPM/DDIM/PNDM/StableDiffusion...) run ``plan`` on its next calls.
 
     Returns the installed controller: use it as a context manager, or call ``remove()``
@@ -22,7 +23,8 @@ def apply(pipeline: Any, plan: Plan | str, *, controlnet_reuse: bool = False) ->
 
     A pipeline's ControlNet does not run at NULL steps (exact); ``controlnet_reuse=True`` also
     serves its residuals from the last FULL step at PARTIAL steps (cheaper, approximate).
-    ``controller.controlnet.calls`` counts its runs.
+    ``controller.controlnet.calls`` counts its runs. ``forward`` replaces the U-Net's own forward at
+    network steps (a loaded problem passes its ``torch.compile``d one).
     """
     if not isinstance(plan, Plan):
         plan = Plan.load(plan)
@@ -34,7 +36,7 @@ def apply(pipeline: Any, plan: Plan | str, *, controlnet_reuse: bool = False) ->
     net = getattr(pipeline, "controlnet", None)
     if controlnet_reuse and net is None:
         raise FlexnasError(f"controlnet_reuse=True but {type(pipeline).__name__} has no ControlNet")
-    ctl = PlanController(unet, scheduler, plan)
+    ctl = PlanController(unet, scheduler, plan, forward=forward)
     if net is not None:
         ctl.controlnet = ControlNetHook(ctl, reuse_on_partial=controlnet_reuse)
         try:

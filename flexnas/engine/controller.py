@@ -21,9 +21,10 @@ from diffusers.hooks import HookRegistry, ModelHook
 from flexnas.engine.partial import PartialUNet
 from flexnas.engine.steps import StepCounter, can_drop, is_ddim, timestep_key
 from flexnas.errors import FlexnasError
-from flexnas.plan.plan import Plan, StepKind
+from flexnas.plan.plan import Plan, Step, StepKind
 
 HOOK_NAME = "flexnas_plan"
+FULL_STEP = Step(StepKind.FULL)
 PATCHED = ("set_timesteps", "step", "set_begin_index")  # scheduler methods a controller may replace
 
 
@@ -128,7 +129,8 @@ class PlanController:
         if t not in self._next_t:  # a dropped timestep: the latents stay, the kept step before jumped over it
             if not kwargs.get("return_dict", True):
                 return sample, None
-            from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+            from diffusers.schedulers.scheduling_ddim import \
+                DDIMSchedulerOutput
 
             return DDIMSchedulerOutput(prev_sample=sample, pred_original_sample=None)
         nxt = self._next_t[t]
@@ -171,18 +173,21 @@ class PlanController:
     # ------------------------------------------------------------------ model side
     def _forward(self, forward: Callable, sample: torch.Tensor, timestep: Any, *args: Any, **kwargs: Any) -> Any:
         step = self.steps[self.step_index(timestep)]
+        # a pipeline that starts inside the schedule (image-to-image) may reach a PARTIAL step before any
+        # FULL one, or a reused NULL step before any output: it runs FULL (engine.steps.executed_steps)
+        dropped = self.scheduler.step == self._ddim_step
+        if (step.kind is StepKind.PARTIAL and not self.partial.state.cache) or \
+                (step.kind is StepKind.NULL and self._last is None and not dropped):
+            step = FULL_STEP
         if step.kind is StepKind.NULL:
             self.counter.null += 1
             if self._last is not None:
                 return self._last
-            if self.scheduler.step == self._ddim_step:  # dropped, before any network call: the output is unused
-                from diffusers.models.unets.unet_2d import UNet2DOutput
+            from diffusers.models.unets.unet_2d import \
+                UNet2DOutput  # dropped before any network call: unused
 
-                out = sample.new_zeros(sample.shape[0], self.unet.config.out_channels, *sample.shape[2:])
-                return (out,) if not kwargs.get("return_dict", True) else UNet2DOutput(sample=out)
-            raise FlexnasError(f"the sampler starts at base step {self.step_index(timestep)}, a NULL step, with no output "
-                               "to reuse (image-to-image starts inside the schedule): use null mode 'drop', or a "
-                               "plan with an active step there")
+            out = sample.new_zeros(sample.shape[0], self.unet.config.out_channels, *sample.shape[2:])
+            return (out,) if not kwargs.get("return_dict", True) else UNet2DOutput(sample=out)
         if step.kind is StepKind.FULL:
             self.partial.full()
             self.counter.full += 1

@@ -57,6 +57,18 @@ class Conditioning:
         return {}
 
 
+    def pipeline_kwargs(self) -> dict[str, Any]:
+        """The same conditioning as a stock pipeline call's arguments (its own encoder is then skipped)."""
+        kw: dict[str, Any] = {"prompt_embeds": self.prompt_embeds, "guidance_scale": self.guidance_scale}
+        if self.cfg:
+            kw["negative_prompt_embeds"] = self.negative_prompt_embeds
+        if self.pooled_embeds is not None:
+            kw["pooled_prompt_embeds"] = self.pooled_embeds
+            if self.cfg:
+                kw["negative_pooled_prompt_embeds"] = self.negative_pooled_embeds
+        return kw
+
+
 def step_kwargs(scheduler: Any, eta: float, generator: torch.Generator | None) -> dict[str, Any]:
     """Keyword arguments the scheduler's ``step`` accepts, as diffusers pipelines pass them."""
     params = inspect.signature(scheduler.step).parameters

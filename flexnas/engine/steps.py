@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from flexnas.plan.plan import Plan, Step, StepKind
+
 
 @dataclass
 class StepCounter:
@@ -51,3 +53,25 @@ def can_drop(scheduler: Any) -> bool:
     """Whether NULL steps can be dropped from this scheduler's timesteps (an instance or a class):
     DDIM is stepped by hand (docs/DESIGN.md, section 2); others must take custom timesteps."""
     return is_ddim(scheduler) or accepts_custom_timesteps(scheduler)
+
+
+def first_step(T: int, strength: float | None) -> int:
+    """The base step an image-to-image pipeline starts at for ``strength`` (diffusers' ``get_timesteps``
+    for first-order schedulers): steps before it never run, so they cost nothing."""
+    return 0 if strength is None else T - min(int(T * strength), T)
+
+
+def executed_steps(plan: Plan, start: int = 0) -> list[Step]:
+    """The steps of ``plan`` a sampler runs when it starts at base step ``start`` (``first_step``).
+
+    Until the first FULL step, a PARTIAL step has no cached deep features and, in null mode
+    "reuse", a NULL step has no output to reuse: both run FULL (``PlanController`` does the same).
+    From the first step (``start`` 0) every valid plan runs as written.
+    """
+    out, fresh = [], True
+    for step in plan.steps[start:]:
+        if fresh and (step.kind is StepKind.PARTIAL or (step.kind is StepKind.NULL and plan.null_mode == "reuse")):
+            step = Step(StepKind.FULL)
+        fresh = fresh and step.kind is not StepKind.FULL
+        out.append(step)
+    return out

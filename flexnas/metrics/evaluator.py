@@ -89,6 +89,8 @@ class Evaluator:
             extra["shape"] = list(self.loaded.sample_shape)
         if self.loaded.compiled:  # compiled kernels round differently (within 1e-5): their own images
             extra["compiled"] = True
+        if p.inputs is not None:
+            extra["inputs"] = p.inputs.fingerprint()
         if p.prompts:
             extra["prompts"] = hashlib.sha256(json.dumps(self.loaded.prompts(0, n or 10**4)).encode()).hexdigest()
         if extra:  # only problems that have these, so existing keys stay valid

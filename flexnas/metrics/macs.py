@@ -24,6 +24,7 @@ with warnings.catch_warnings():  # fvcore's import uses the deprecated torch.jit
     from fvcore.nn.jit_handles import get_shape
 
 from flexnas.engine.partial import PartialUNet
+from flexnas.engine.steps import executed_steps, first_step
 from flexnas.plan.plan import Plan, StepKind
 
 
@@ -146,7 +147,9 @@ class MacCounter:
     ``decode`` is the per-image MACs of the VAE / VQ decode of latent models (None for pixel models):
     reported beside the denoiser's, never part of plan MACs or their ratios. ``controlnet`` is the
     per-image MACs of one ControlNet call (``count_controlnet``): added at the steps where it runs
-    under ``flexnas.apply`` (FULL, and PARTIAL unless ``controlnet_reuse``; never NULL).
+    under ``flexnas.apply`` (FULL, and PARTIAL unless ``controlnet_reuse``; never NULL). An
+    image-to-image ``strength`` leaves out the steps before the pipeline's first (``first_step``) and
+    counts the steps that then run FULL as FULL (``executed_steps``).
     """
 
     full: int
@@ -155,6 +158,7 @@ class MacCounter:
     decode: int | None = None
     controlnet: int = 0
     controlnet_reuse: bool = False
+    strength: float | None = None
 
     def step_macs(self, kind: StepKind, branch: int | None = None) -> int:
         if kind is StepKind.FULL:
@@ -164,11 +168,11 @@ class MacCounter:
         return 0
 
     def plan_macs(self, plan: Plan) -> int:
-        """Per-image MACs of the denoiser over the whole plan."""
-        return sum(self.step_macs(s.kind, s.branch) for s in plan.steps)
+        """Per-image MACs of the denoiser over the steps of the plan that run."""
+        return sum(self.step_macs(s.kind, s.branch) for s in executed_steps(plan, first_step(plan.T, self.strength)))
 
     def teacher_macs(self, T: int) -> int:
-        return T * self.step_macs(StepKind.FULL)
+        return (T - first_step(T, self.strength)) * self.step_macs(StepKind.FULL)
 
     def ratio(self, plan: Plan, T: int | None = None) -> float:
         """Plan MACs / MACs of the teacher over ``T`` steps (default: the plan's own base schedule; a
@@ -194,17 +198,23 @@ class MacCounter:
             d = json.loads(path.read_text()) if path.is_file() else None
         except ValueError:
             d = None  # a truncated cache file is a miss
-        if d is None or (vae is not None and d.get("decode") is None):
+        net = getattr(loaded, "controlnet", None)
+        if d is None or (vae is not None and d.get("decode") is None) or (net is not None and "controlnet" not in d):
             if d is None:
                 full, partial = count_unet(loaded.unet, loaded.sample_shape, kwargs)
                 d = {"key": key, "full": full, "partial": partial}
             d["decode"] = count_decode(vae, loaded.sample_shape) if vae is not None else None
+            if net is not None:  # its conditioning image has the output's pixel size
+                pixels = tuple(s * loaded.vae_scale for s in loaded.sample_shape[1:])
+                d["controlnet"] = count_controlnet(net, loaded.sample_shape, (3, *pixels), kwargs)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(d))
             os.replace(tmp, path)
         full, partial = d["full"], {int(k): v for k, v in d["partial"].items()}
-        return cls(full, partial, 2 if cond.cfg else 1, d.get("decode"))
+        inputs = loaded.problem.inputs
+        return cls(full, partial, 2 if cond.cfg else 1, d.get("decode"), d.get("controlnet", 0),
+                   strength=inputs.strength if inputs is not None else None)
 
 
 def _slug(key: str) -> str:

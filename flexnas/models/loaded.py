@@ -6,56 +6,21 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from flexnas.engine.apply import apply
 from flexnas.engine.compiled import compile_by_default, compiled_forward
 from flexnas.engine.controller import PlanController
 from flexnas.engine.partial import PartialUNet, list_branches
-from flexnas.engine.sampler import Conditioning, initial_noise, sample, to_images
+from flexnas.engine.sampler import (Conditioning, initial_noise, sample,
+                                    to_images)
 from flexnas.engine.steps import StepCounter, is_ddim
 from flexnas.errors import FlexnasError
 from flexnas.fingerprint import module_digest
+from flexnas.models.device import resolve_device, resolve_dtype
+from flexnas.models.inputs import ImageInputs
 from flexnas.plan.plan import Plan, StepKind
 
 if TYPE_CHECKING:
     from flexnas.models.problem import Problem
-
-
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-          "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda when available) as a checked torch device."""
-    name = str(device or "cpu")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise FlexnasError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise FlexnasError(f"device {name!r} asked for but CUDA is not available here "
-                               "(torch.cuda.is_available() is False): use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise FlexnasError(f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
-    elif dev.type != "cpu" and dev.type != "mps":
-        raise FlexnasError(f"unsupported device {name!r}: use cpu, cuda, cuda:N or auto")
-    return dev
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
-    """``fp32``/``fp16``/``bf16`` (or a torch dtype) as a torch dtype; None keeps the loaded one."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        out = dtype
-    else:
-        out = DTYPES.get(str(dtype).lower())
-        if out is None:
-            raise FlexnasError(f"unknown dtype {dtype!r}: use fp32, fp16 or bf16")
-    if out is torch.float16 and device.type == "cpu":
-        raise FlexnasError("fp16 runs on a GPU only: use --device cuda with --dtype fp16 (on CPU use fp32 or bf16)")
-    return out
-
 
 
 def vae_scale_factor(vae: Any) -> int:
@@ -86,6 +51,8 @@ class LoadedModel:
             raise FlexnasError(f"problem {problem.name}: the pipeline has no 'unet' denoiser; flexnas supports "
                                "UNet2DModel and UNet2DConditionModel")
         self.vae = getattr(self.pipeline, "vae", None) or getattr(self.pipeline, "vqvae", None)
+        self.controlnet = getattr(self.pipeline, "controlnet", None)
+        (problem.inputs or ImageInputs()).check(type(self.pipeline), self.controlnet is not None)
         if isinstance(self.pipeline, diffusers.DiffusionPipeline):
             self.pipeline.to(device=self.device, dtype=dtype)
         else:
@@ -104,6 +71,8 @@ class LoadedModel:
         if cls is None:
             raise FlexnasError(f"unknown scheduler {problem.scheduler!r}: name a diffusers scheduler class")
         self.scheduler = cls.from_config(self.pipeline.scheduler.config, **problem.scheduler_kwargs)
+        if problem.inputs is not None:  # the pipeline call samples these problems, on the problem's scheduler
+            self.pipeline.scheduler = self.scheduler
         n_train = getattr(self.scheduler.config, "num_train_timesteps", None)
         if n_train is not None and not 1 <= problem.T <= n_train:
             raise FlexnasError(f"{problem.T} steps do not fit {problem.scheduler}: the model was trained with "
@@ -124,10 +93,14 @@ class LoadedModel:
         return (cfg.in_channels, res // scale, res // scale)
 
     @property
+    def vae_scale(self) -> int:
+        return vae_scale_factor(self.vae)
+
+    @property
     def identity(self) -> str:
         """A short hash of the U-Net (and VAE) weights and config: the model part of cache keys."""
         if self._identity is None:
-            self._identity = module_digest(self.unet, self.vae)
+            self._identity = module_digest(self.unet, self.vae, self.controlnet)
         return self._identity
 
     def prompts(self, start: int, stop: int) -> list[str] | None:
@@ -140,7 +113,7 @@ class LoadedModel:
         if p.encode_prompts is not None:
             cond = p.encode_prompts(self.pipeline, start, stop)
             if cond.pooled_embeds is not None and cond.time_ids is None:  # SDXL: the stock size conditioning
-                h, w = (s * vae_scale_factor(self.vae) for s in self.sample_shape[1:])
+                h, w = (s * self.vae_scale for s in self.sample_shape[1:])
                 ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=cond.prompt_embeds.dtype, device=self.device)
                 cond.time_ids = ids.repeat(stop - start, 1)
             return cond
@@ -181,12 +154,14 @@ class LoadedModel:
         if n < 1:
             raise FlexnasError(f"number of images must be at least 1, got {n}")
         plan = plan or p.teacher_plan()
+        if start % p.batch_size:
+            raise FlexnasError(f"start {start} is not a multiple of the batch size {p.batch_size}")
+        if p.inputs is not None:
+            return self._called_latents(plan, n, seed, counter, start)
         if prefixes is not None and not is_ddim(self.scheduler):
             prefixes = None  # a multistep scheduler's state is more than the latents
         out, active = [], [s.kind is not StepKind.NULL for s in plan.steps]
         with PlanController(self.unet, self.scheduler, plan, forward=self.forward) as ctl:
-            if start % p.batch_size:
-                raise FlexnasError(f"start {start} is not a multiple of the batch size {p.batch_size}")
             for first, stop in self.batches(n):
                 if first < start:
                     continue
@@ -207,6 +182,29 @@ class LoadedModel:
                                   cond=self.conditioning(first, stop), eta=p.eta, counter=counter, controller=ctl,
                                   start_step=start_step, start_x=start_x, start_cache=start_cache,
                                   on_step=on_step))
+        return torch.cat(out)
+
+    def _called_latents(self, plan: Plan, n: int, seed: int, counter: StepCounter | None, start: int) -> torch.Tensor:
+        """Latents of a problem with image inputs: the stock pipeline called under the plan, batch ``b``
+        with ``Generator("cpu")`` seeded ``seed + b`` (the init image's encoding and its noise come from it)."""
+        import inspect
+
+        p, out = self.problem, []
+        h, w = (s * self.vae_scale for s in self.sample_shape[1:])
+        extra = {"eta": p.eta} if "eta" in inspect.signature(self.pipeline.__call__).parameters else {}
+        with apply(self.pipeline, plan, forward=self.forward) as ctl:
+            for first, stop in self.batches(n):
+                if first < start:
+                    continue
+                g = torch.Generator("cpu").manual_seed(seed + first // p.batch_size)
+                kw = {**self.conditioning(first, stop).pipeline_kwargs(), **p.inputs.call_kwargs(
+                    self.pipeline, first, stop, (w, h)), **extra}
+                out.append(self.pipeline(**kw, num_inference_steps=plan.T, height=h, width=w, generator=g,
+                                         output_type="latent", return_dict=False)[0])
+            if counter is not None:
+                counter.full += ctl.counter.full
+                counter.partial.update(ctl.counter.partial)
+                counter.null += ctl.counter.null
         return torch.cat(out)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

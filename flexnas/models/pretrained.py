@@ -26,7 +26,9 @@ from typing import Any
 from flexnas.engine.sampler import Conditioning
 from flexnas.engine.steps import can_drop
 from flexnas.errors import FlexnasError
-from flexnas.models.hub import check_supported, component_config, has_component, read_model_index, slug
+from flexnas.models.hub import (check_supported, component_config,
+                                has_component, read_model_index, slug)
+from flexnas.models.inputs import ImageInputs
 from flexnas.models.problem import Problem
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parent / "default_prompts.txt"
@@ -143,10 +145,14 @@ def _default_scheduler_kwargs(scheduler: str) -> dict[str, Any]:
 def problem_from_pretrained(model: str, *, name: str | None = None, scheduler: str | None = None,
                             scheduler_kwargs: dict | None = None, T: int | None = None,
                             guidance_scale: float | None = None, prompts: str | Path | list[str] | None = None,
-                            null_mode: str | None = None, **fields: Any) -> Problem:
+                            null_mode: str | None = None, input_images: str | Path | None = None,
+                            strength: float | None = None, control_images: str | Path | None = None,
+                            **fields: Any) -> Problem:
     """A ``Problem`` for the diffusers pipeline at ``model`` (local folder or hub id), defaults by layout.
 
-    ``prompts`` is a prompt file (text or JSON) or a list of strings; other keyword arguments are
+    ``prompts`` is a prompt file (text or JSON) or a list of strings; image-to-image pipelines take
+    ``input_images`` (a folder) and ``strength``, ControlNet pipelines ``control_images`` (a folder),
+    and are then sampled by their own call (``flexnas.models.inputs``). Other keyword arguments are
     ``Problem`` fields (``num_images``, ``batch_size``, ``seed``, ``resolution``, ``device``, ``dtype``,
     ``feature_extractor``, ...). Nothing is loaded until ``Problem.load()``.
     """
@@ -161,6 +167,13 @@ def problem_from_pretrained(model: str, *, name: str | None = None, scheduler: s
             raise FlexnasError(f"{model}: {pipe_cls} has a UNet2DConditionModel but no text_encoder/tokenizer; flexnas "
                                "conditions such U-Nets on prompts through the pipeline's encode_prompt")
         _check_encode_prompt(model, pipe_cls)
+    inputs = ImageInputs.from_folders(input_images, strength, control_images) \
+        if (input_images, strength, control_images) != (None, None, None) else None
+    import diffusers
+
+    cls = getattr(diffusers, pipe_cls, None)
+    if cls is not None:  # a pipeline class this diffusers lacks fails at loading, with its own message
+        (inputs or ImageInputs()).check(cls, has_component(index, "controlnet"))
     if text and has_component(index, "text_encoder_2"):  # SDXL: its stock scheduler and guidance
         d_sched, d_T, d_guid, kind = "EulerDiscreteScheduler", 50, 5.0, "text-to-image, SDXL"
     elif text:
@@ -195,9 +208,10 @@ def problem_from_pretrained(model: str, *, name: str | None = None, scheduler: s
         name=slug(name or (folder.resolve().name if folder is not None else model.split("/")[-1])),
         load_pipeline=PipelineLoader(src, has_component(index, "safety_checker")),
         scheduler=scheduler, scheduler_kwargs=dict(scheduler_kwargs), T=T, guidance_scale=guidance_scale,
-        null_mode=null_mode,
+        null_mode=null_mode, inputs=inputs,
         description=f"{pipe_cls} ({unet_cls}, {kind}) from {src}; {scheduler} {T}"
-                    + (f", guidance {guidance_scale:g}" if text else ""),
+                    + (f", guidance {guidance_scale:g}" if text else "")
+                    + (f", strength {inputs.strength:g}" if inputs is not None and inputs.strength else ""),
     )
     kw.update(fields)
     return Problem(**kw)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from flexnas.engine.sampler import Conditioning
+from flexnas.models.inputs import ImageInputs
 from flexnas.plan.plan import Plan
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ class Problem:
     resolution: int | None = None  # image side in pixels (default: the U-Net's sample size times the VAE factor)
     device: str = "cpu"  # cpu, cuda, cuda:N, or auto (cuda when available)
     dtype: str | None = None  # fp32, fp16 or bf16 (None: as loaded)
+    inputs: ImageInputs | None = None  # image-to-image / ControlNet inputs: the stock pipeline call samples
     compile: bool | None = None  # torch.compile the U-Net's step kinds (None: where benchmarks/REPORT.md found it faster)
 
     def load(self, device: str | None = None, dtype: str | None = None) -> "LoadedModel":
