@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flexnas.models.pretrained import DEFAULT_PROMPTS, problem_from_pretrained
+from flexnas.models.pretrained import problem_from_pretrained
+from flexnas.models.prompts import DEFAULT_PROMPTS
 
 MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 

@@ -26,8 +26,8 @@ pytestmark = pytest.mark.usefixtures("offline")
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory, tiny_sd_folder):
-    """Saved tiny image-to-image and ControlNet pipelines, a folder of init images (not at the model's
-    size: they are resized), one of control images, and a prompt file."""
+    """Saved tiny image-to-image and ControlNet pipelines (and that ControlNet alone), a folder of init
+    images (not at the model's size: they are resized), one of control images, and a prompt file."""
     from diffusers import (StableDiffusionControlNetPipeline,
                            StableDiffusionImg2ImgPipeline,
                            StableDiffusionPipeline)
@@ -35,7 +35,9 @@ def folders(tmp_path_factory, tiny_sd_folder):
     root = tmp_path_factory.mktemp("image-inputs")
     sd = StableDiffusionPipeline.from_pretrained(tiny_sd_folder, local_files_only=True)
     StableDiffusionImg2ImgPipeline(**sd.components).save_pretrained(root / "img2img")
-    StableDiffusionControlNetPipeline(**sd.components, controlnet=tiny_controlnet(sd.unet)).save_pretrained(root / "controlnet")
+    net = tiny_controlnet(sd.unet)
+    net.save_pretrained(root / "controlnet-alone")
+    StableDiffusionControlNetPipeline(**sd.components, controlnet=net).save_pretrained(root / "controlnet")
     rng = np.random.default_rng(0)
     for name, size in (("inits", (24, 20)), ("controls", (16, 16))):
         (root / name).mkdir()
@@ -134,6 +136,18 @@ def test_controlnet_macs_are_counted_and_identity_covers_it(folders):
     assert other.identity != loaded.identity
 
 
+def test_controlnet_added_to_a_text_to_image_pipeline(folders, tiny_sd_folder):
+    """``--problem sd15-controlnet --model SD --controlnet NET``: the SD pipeline with that ControlNet is
+    the same model as the saved ControlNet pipeline, and samples the same latents."""
+    composed = get_problem("sd15-controlnet", model=str(tiny_sd_folder), controlnet=str(folders / "controlnet-alone"),
+                           control_images=str(folders / "controls"), scheduler="DDIMScheduler", T=10, num_images=2,
+                           batch_size=2, guidance_scale=3.0, prompts=str(folders / "prompts.txt"), device="cpu").load()
+    saved = problem(folders, "controlnet").load()
+    assert type(composed.pipeline).__name__ == "StableDiffusionControlNetPipeline"
+    assert composed.identity == saved.identity
+    assert torch.equal(composed.latents(None, n=2), saved.latents(None, n=2))
+
+
 def test_inputs_are_part_of_the_evaluation_identity(folders, tmp_path):
     a = Evaluator(problem(folders, "img2img"), images=2, extractor=EXTRACTOR)
     b = Evaluator(problem(folders, "img2img", strength=0.8), images=2, extractor=EXTRACTOR)
@@ -165,6 +179,7 @@ def test_search_from_the_cli(folders, tmp_path, capsys, which):
     ("controlnet", [], "is conditioned on control images: give --control-images FOLDER"),
     ("controlnet", ["--input-images", "INITS"], "is not an image-to-image pipeline"),
     ("img2img", ["--input-images", "INITS", "--control-images", "INITS"], "has no ControlNet"),
+    ("controlnet", ["--control-images", "INITS", "--controlnet", "INITS"], "--controlnet adds a ControlNet to"),
 ])
 def test_bad_inputs_are_one_line(folders, tmp_path, capsys, which, extra, message):
     (tmp_path / "empty").mkdir()

@@ -19,8 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     def problem_arg(sp: argparse.ArgumentParser, steps_flag: bool = True) -> None:
         """--problem and/or --model (one of them is required, checked in _problem_spec) and the model options."""
         sp.add_argument("--problem", default=None,
-                        help="registered problem name (fashion-mnist, ddpm-cifar10, ldm-celebahq, sd15, sdxl) or "
-                             "module:function")
+                        help="registered problem name (fashion-mnist, ddpm-cifar10, ldm-celebahq, sd15, sdxl, "
+                             "sd15-controlnet) or module:function")
         g = sp.add_argument_group("model options (any diffusers pipeline whose denoiser is a U-Net)")
         g.add_argument("--model", default=None, metavar="PATH_OR_ID",
                        help="diffusers pipeline folder or hub id; alone: defaults from its pipeline class; with "
@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="image-to-image strength in (0, 1]: the share of the base schedule that runs (default 0.8)")
         g.add_argument("--control-images", default=None, metavar="FOLDER",
                        help="conditioning images of a ControlNet pipeline")
+        g.add_argument("--controlnet", default=None, metavar="PATH_OR_ID",
+                       help="ControlNetModel folder or hub id added to a Stable Diffusion (XL) --model")
         g.add_argument("--resolution", type=int, default=None, metavar="PIXELS", help="image side in pixels")
         g.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the problem's)")
         g.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"),

@@ -19,96 +19,44 @@ Diffusion 1.5) are this function with their hub id and settings.
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 from typing import Any
 
-from flexnas.engine.sampler import Conditioning
 from flexnas.engine.steps import can_drop
 from flexnas.errors import FlexnasError
 from flexnas.models.hub import (check_supported, component_config,
                                 has_component, read_model_index, slug)
 from flexnas.models.inputs import ImageInputs
 from flexnas.models.problem import Problem
-
-DEFAULT_PROMPTS = Path(__file__).resolve().parent / "default_prompts.txt"
-
-
-# --------------------------------------------------------------------------- prompts
-def read_prompts(path: str | Path) -> list[str]:
-    """Prompts from a text file (one per line; blank lines and ``#`` comments skipped) or a JSON file:
-    a list of strings, a list of objects with ``prompt``/``caption``/``text``, ``{"prompts": [...]}``,
-    or an MS-COCO captions file (``{"annotations": [{"caption": ...}]}``)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FlexnasError(f"prompt file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise FlexnasError(f"prompt file {path} is not valid JSON ({e})") from None
-        if isinstance(data, dict):
-            data = data.get("prompts", data.get("annotations"))
-        items = data if isinstance(data, list) else None
-        prompts = []
-        for item in items or []:
-            if isinstance(item, dict):
-                item = next((item[k] for k in ("prompt", "caption", "text") if isinstance(item.get(k), str)), None)
-            if not isinstance(item, str):
-                items = None
-                break
-            prompts.append(item.strip())
-        if items is None:
-            raise FlexnasError(f"prompt file {path}: expected a list of strings, of objects with 'prompt'/'caption'/"
-                               "'text', {\"prompts\": [...]} or MS-COCO {\"annotations\": [...]}")
-    else:
-        prompts = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    prompts = [p for p in prompts if p]
-    if not prompts:
-        raise FlexnasError(f"prompt file {path} holds no prompts")
-    return prompts
-
-
-class PromptEncoder:
-    """``Problem.encode_prompts`` for pipelines with ``encode_prompt`` (Stable Diffusion, SDXL and kin).
-
-    Image ``i`` is conditioned on ``prompts[i % len(prompts)]``; with guidance > 1 the negative
-    prompt is what the stock pipeline uses when none is given (``""``; zeros for SDXL with
-    ``force_zeros_for_empty_prompt``). SDXL's pooled embeddings come along; its size
-    conditioning is the loaded model's to add (it knows the resolution).
-    """
-
-    def __init__(self, prompts: list[str], guidance_scale: float):
-        self.prompts, self.guidance_scale = list(prompts), float(guidance_scale)
-
-    def __call__(self, pipeline: Any, start: int, stop: int) -> Conditioning:
-        import torch
-
-        texts = [self.prompts[i % len(self.prompts)] for i in range(start, stop)]
-        cfg = self.guidance_scale > 1.0
-        with torch.no_grad():
-            out = pipeline.encode_prompt(prompt=texts, device=pipeline._execution_device, num_images_per_prompt=1,
-                                         do_classifier_free_guidance=cfg)
-        pooled, negative_pooled = (out[2], out[3]) if len(out) == 4 else (None, None)
-        return Conditioning(prompt_embeds=out[0], negative_prompt_embeds=out[1] if cfg else None,
-                            guidance_scale=self.guidance_scale, pooled_embeds=pooled,
-                            negative_pooled_embeds=negative_pooled if cfg else None)
-
+from flexnas.models.prompts import DEFAULT_PROMPTS, PromptEncoder, read_prompts
 
 # --------------------------------------------------------------------------- loading
-class PipelineLoader:
-    """``Problem.load_pipeline`` for a local folder or hub id (picklable, for Dask workers)."""
+# a text-to-image pipeline class -> the same pipeline with a ControlNet (--controlnet)
+WITH_CONTROLNET = {"StableDiffusionPipeline": "StableDiffusionControlNetPipeline",
+                   "StableDiffusionImg2ImgPipeline": "StableDiffusionControlNetImg2ImgPipeline",
+                   "StableDiffusionXLPipeline": "StableDiffusionXLControlNetPipeline",
+                   "StableDiffusionXLImg2ImgPipeline": "StableDiffusionXLControlNetImg2ImgPipeline"}
 
-    def __init__(self, model: str, has_safety_checker: bool = False):
+
+def _source(model: str) -> str:
+    folder = Path(model).expanduser()
+    return str(folder) if folder.is_dir() else model
+
+
+class PipelineLoader:
+    """``Problem.load_pipeline`` for a local folder or hub id (picklable, for Dask workers); with
+    ``controlnet`` (a ``ControlNetModel`` folder or hub id), the pipeline class ``pipeline_class`` with it."""
+
+    def __init__(self, model: str, has_safety_checker: bool = False, controlnet: str | None = None,
+                 pipeline_class: str = "DiffusionPipeline"):
         self.model, self.has_safety_checker = model, has_safety_checker
+        self.controlnet, self.pipeline_class = controlnet, pipeline_class
 
     def __call__(self) -> Any:
-        from diffusers import DiffusionPipeline
+        import diffusers
         from diffusers.utils import logging
 
-        folder = Path(self.model).expanduser()
-        source = str(folder) if folder.is_dir() else self.model
+        source = _source(self.model)
         kw: dict[str, Any] = {}
         if self.has_safety_checker:  # the search never needs it; it would only cost memory
             kw.update(safety_checker=None, requires_safety_checker=False)
@@ -116,10 +64,14 @@ class PipelineLoader:
         logging.set_verbosity_error()
         logging.disable_progress_bar()
         try:
-            pipe = DiffusionPipeline.from_pretrained(source, **kw)
+            if self.controlnet is not None:
+                source = _source(self.controlnet)  # named in the error below if it cannot be loaded
+                kw["controlnet"] = diffusers.ControlNetModel.from_pretrained(source)
+                source = _source(self.model)
+            pipe = getattr(diffusers, self.pipeline_class).from_pretrained(source, **kw)
         except Exception as e:  # noqa: BLE001 - diffusers raises many types for unusable folders
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-            raise FlexnasError(f"cannot load the diffusers pipeline {source} ({type(e).__name__}: {first})") from None
+            raise FlexnasError(f"cannot load {source} with diffusers ({type(e).__name__}: {first})") from None
         finally:
             logging.set_verbosity(level)
             logging.enable_progress_bar()
@@ -147,12 +99,14 @@ def problem_from_pretrained(model: str, *, name: str | None = None, scheduler: s
                             guidance_scale: float | None = None, prompts: str | Path | list[str] | None = None,
                             null_mode: str | None = None, input_images: str | Path | None = None,
                             strength: float | None = None, control_images: str | Path | None = None,
-                            **fields: Any) -> Problem:
+                            controlnet: str | None = None, **fields: Any) -> Problem:
     """A ``Problem`` for the diffusers pipeline at ``model`` (local folder or hub id), defaults by layout.
 
     ``prompts`` is a prompt file (text or JSON) or a list of strings; image-to-image pipelines take
     ``input_images`` (a folder) and ``strength``, ControlNet pipelines ``control_images`` (a folder),
-    and are then sampled by their own call (``flexnas.models.inputs``). Other keyword arguments are
+    and are then sampled by their own call (``flexnas.models.inputs``); ``controlnet`` (a
+    ``ControlNetModel`` folder or hub id) turns a Stable Diffusion (XL) pipeline into its ControlNet
+    pipeline (``WITH_CONTROLNET``), as ``from_pretrained(model, controlnet=...)`` does. Other keyword arguments are
     ``Problem`` fields (``num_images``, ``batch_size``, ``seed``, ``resolution``, ``device``, ``dtype``,
     ``feature_extractor``, ...). Nothing is loaded until ``Problem.load()``.
     """
@@ -160,6 +114,11 @@ def problem_from_pretrained(model: str, *, name: str | None = None, scheduler: s
     index, folder = read_model_index(model)
     unet_cls = check_supported(model, index)
     pipe_cls = index.get("_class_name", "DiffusionPipeline")
+    if controlnet is not None:
+        if pipe_cls not in WITH_CONTROLNET:
+            raise FlexnasError(f"{model}: --controlnet adds a ControlNet to {', '.join(WITH_CONTROLNET)}, not to "
+                               f"{pipe_cls}")
+        pipe_cls = WITH_CONTROLNET[pipe_cls]
     latent = has_component(index, "vae") or has_component(index, "vqvae")
     text = unet_cls == "UNet2DConditionModel"
     if text:
@@ -173,7 +132,7 @@ def problem_from_pretrained(model: str, *, name: str | None = None, scheduler: s
 
     cls = getattr(diffusers, pipe_cls, None)
     if cls is not None:  # a pipeline class this diffusers lacks fails at loading, with its own message
-        (inputs or ImageInputs()).check(cls, has_component(index, "controlnet"))
+        (inputs or ImageInputs()).check(cls, controlnet is not None or has_component(index, "controlnet"))
     if text and has_component(index, "text_encoder_2"):  # SDXL: its stock scheduler and guidance
         d_sched, d_T, d_guid, kind = "EulerDiscreteScheduler", 50, 5.0, "text-to-image, SDXL"
     elif text:
@@ -206,7 +165,8 @@ def problem_from_pretrained(model: str, *, name: str | None = None, scheduler: s
     src = str(folder) if folder is not None else model
     kw.update(
         name=slug(name or (folder.resolve().name if folder is not None else model.split("/")[-1])),
-        load_pipeline=PipelineLoader(src, has_component(index, "safety_checker")),
+        load_pipeline=PipelineLoader(src, has_component(index, "safety_checker"), controlnet,
+                                     pipe_cls if controlnet is not None else "DiffusionPipeline"),
         scheduler=scheduler, scheduler_kwargs=dict(scheduler_kwargs), T=T, guidance_scale=guidance_scale,
         null_mode=null_mode, inputs=inputs,
         description=f"{pipe_cls} ({unet_cls}, {kind}) from {src}; {scheduler} {T}"
