@@ -93,18 +93,24 @@ def test_controlnet_residuals_reach_fresh_and_cached_skips(controlnet):
     assert abs(with_control - without).max() > 1e-4
 
 
+def add_lora(pipe):
+    """``pipe`` with a random (non-zero) LoRA on its U-Net's attention, through diffusers' PEFT integration."""
+    pytest.importorskip("peft")
+    from peft import LoraConfig
+
+    torch.manual_seed(3)
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    return pipe
+
+
 @pytest.mark.parametrize("fused", [False, True])
 def test_lora_loaded_through_peft(tiny_sd, tmp_path, fused):
     """A LoRA saved and loaded with diffusers' PEFT integration (fused into the weights or not): the teacher
     plan is the stock call exactly, a DeepCache plan runs in both null modes alike, and the LoRA matters."""
-    pytest.importorskip("peft")
-    from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    pipe = tiny_sd
-    torch.manual_seed(3)
-    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    pipe = add_lora(tiny_sd)
     pipe.save_lora_weights(tmp_path, unet_lora_layers=get_peft_model_state_dict(pipe.unet), safe_serialization=True)
     pipe.unet.delete_adapters("default")
 
@@ -164,6 +170,32 @@ def test_sdxl_text_and_image_to_image(sdxl):
         call(0.6)
     assert ctl.counter.as_dict() == {"full": 2, "partial": {2: 2}, "null": 2}
     assert [s.symbol() for s in executed_steps(plan, first_step(STEPS, 0.6))] == "F F p2 p2 . .".split()
+
+
+@pytest.mark.parametrize("which, strength", [("inpaint", 1.0), ("inpaint", 0.6), ("controlnet", None), ("sdxl", None),
+                                             ("sdxl", 0.6), ("lora", None)])
+def test_plans_run_the_deep_blocks_less(request, count_calls, tiny_sd, which, strength):
+    """Counted by torch forward hooks on stock modules: the mid block and deepest up block run at FULL
+    steps only, the outer convolution at every network step; at strength 0.6 only steps 4..9 run."""
+    if which == "lora":
+        pipe = add_lora(tiny_sd)
+        call = lambda: pipe("abc xyz", num_inference_steps=STEPS, guidance_scale=3.0, generator=gen())  # noqa: E731
+    else:
+        pipe, call = request.getfixturevalue(which)
+    unet = pipe.unet
+    counts = count_calls({"conv_in": unet.conv_in, "mid": unet.mid_block.resnets[0].conv1,
+                          "deepest_up": unet.up_blocks[0].resnets[0].conv1})
+    args = () if strength is None else (strength,)
+    plan = Plan.uniform("DDIMScheduler", STEPS, 2, 3, 0, "drop")  # F p0 p0 . . F p0 p0 . .
+    with flexnas.apply(pipe, plan):
+        call(*args)
+    full_only = {"conv_in": 6, "mid": 2, "deepest_up": 2} if strength in (None, 1.0) else \
+        {"conv_in": 3, "mid": 1, "deepest_up": 1}  # steps 4..9: . F p0 p0 . .
+    assert counts == full_only
+    for k in counts:
+        counts[k] = 0
+    call(*args)
+    assert counts == dict.fromkeys(counts, STEPS if strength in (None, 1.0) else 6)
 
 
 @pytest.mark.parametrize("which", ["inpaint", "controlnet", "sdxl"])
