@@ -7,9 +7,14 @@ import copy
 import numpy as np
 import pytest
 import torch
-from diffusers import (DDIMPipeline, DDIMScheduler, DDPMPipeline,
-                       DPMSolverMultistepScheduler, PNDMPipeline,
-                       PNDMScheduler)
+from diffusers import (
+    DDIMPipeline,
+    DDIMScheduler,
+    DDPMPipeline,
+    DPMSolverMultistepScheduler,
+    PNDMPipeline,
+    PNDMScheduler,
+)
 
 import flexnas
 from flexnas.engine.controller import PlanController

@@ -28,13 +28,14 @@ pytestmark = pytest.mark.usefixtures("offline")
 def folders(tmp_path_factory, tiny_sd_folder):
     """Saved tiny image-to-image and ControlNet pipelines (and that ControlNet alone), a folder of init
     images (not at the model's size: they are resized), one of control images, and a prompt file."""
-    from diffusers import (StableDiffusionControlNetPipeline,
-                           StableDiffusionImg2ImgPipeline,
-                           StableDiffusionPipeline)
+    from diffusers import StableDiffusionControlNetPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
     root = tmp_path_factory.mktemp("image-inputs")
     sd = StableDiffusionPipeline.from_pretrained(tiny_sd_folder, local_files_only=True)
     StableDiffusionImg2ImgPipeline(**sd.components).save_pretrained(root / "img2img")
+    index = json.loads((root / "img2img" / "model_index.json").read_text())  # the class is all the check reads
+    (root / "inpaint").mkdir()
+    (root / "inpaint" / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionInpaintPipeline"}))
     net = tiny_controlnet(sd.unet)
     net.save_pretrained(root / "controlnet-alone")
     StableDiffusionControlNetPipeline(**sd.components, controlnet=net).save_pretrained(root / "controlnet")
@@ -180,6 +181,7 @@ def test_search_from_the_cli(folders, tmp_path, capsys, which):
     ("controlnet", ["--input-images", "INITS"], "is not an image-to-image pipeline"),
     ("img2img", ["--input-images", "INITS", "--control-images", "INITS"], "has no ControlNet"),
     ("controlnet", ["--control-images", "INITS", "--controlnet", "INITS"], "--controlnet adds a ControlNet to"),
+    ("inpaint", ["--input-images", "INITS"], "needs masks, which flexnas search does not take yet"),
 ])
 def test_bad_inputs_are_one_line(folders, tmp_path, capsys, which, extra, message):
     (tmp_path / "empty").mkdir()

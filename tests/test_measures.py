@@ -9,9 +9,17 @@ import pytest
 import scipy.linalg
 
 from flexnas.errors import FlexnasError
-from flexnas.metrics.measures import (MEASURES, Reference, available,
-                                      check_measure, fid, kid, paired_distance,
-                                      score, statistics)
+from flexnas.metrics.measures import (
+    MEASURES,
+    Reference,
+    available,
+    check_measure,
+    fid,
+    kid,
+    paired_distance,
+    score,
+    statistics,
+)
 
 
 def scipy_fid(a: np.ndarray, b_mu: np.ndarray, b_sigma: np.ndarray) -> float:

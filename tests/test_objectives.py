@@ -22,11 +22,8 @@ import torch
 from flexnas.engine.partial import PartialUNet
 from flexnas.errors import FlexnasError
 from flexnas.metrics.evaluator import Evaluator
-from flexnas.metrics.features import (INCEPTION, INCEPTION_FILE,
-                                      inception_weights, resolve_extractor,
-                                      to_uint8_rgb)
-from flexnas.metrics.macs import (MacCounter, _Forward, count_macs, count_unet,
-                                  sdpa_flop_jit)
+from flexnas.metrics.features import INCEPTION, INCEPTION_FILE, inception_weights, resolve_extractor, to_uint8_rgb
+from flexnas.metrics.macs import MacCounter, _Forward, count_macs, count_unet, sdpa_flop_jit
 from flexnas.metrics.measures import fid as frechet
 from flexnas.metrics.measures import statistics
 from flexnas.plan.plan import Plan, StepKind

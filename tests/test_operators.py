@@ -9,9 +9,7 @@ import pytest
 from pymoo.core.population import Population
 
 from flexnas.plan.space import SearchSpace
-from flexnas.search.operators import (CanonicalDuplicateElimination,
-                                      FlexSampling, SegmentCrossover,
-                                      SegmentMutation)
+from flexnas.search.operators import CanonicalDuplicateElimination, FlexSampling, SegmentCrossover, SegmentMutation
 
 S = "DDIMScheduler"
 SEEDS = range(200)

@@ -136,8 +136,7 @@ def test_lora_loaded_through_peft(tiny_sd, tmp_path, fused):
 @pytest.fixture
 def sdxl(tiny_sd, tmp_path):
     """A tiny StableDiffusionXLPipeline (two text encoders, added time/text conditioning), saved and reloaded."""
-    from diffusers import (StableDiffusionXLImg2ImgPipeline,
-                           StableDiffusionXLPipeline)
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
     save_tiny_sdxl(tmp_path / "sdxl", tiny_sd)
     pipe = StableDiffusionXLPipeline.from_pretrained(tmp_path / "sdxl", local_files_only=True)

@@ -7,8 +7,7 @@ import json
 import pytest
 
 from flexnas.errors import FlexnasError
-from flexnas.plan.plan import (FORMAT, FORMAT_VERSION, Plan, Segment, Step,
-                               StepKind)
+from flexnas.plan.plan import FORMAT, FORMAT_VERSION, Plan, Segment, Step, StepKind
 
 F, N_ = Step(StepKind.FULL), Step(StepKind.NULL)
 

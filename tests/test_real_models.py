@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import assert_grid_of, run_cli, write_tiny_clip_tokenizer
-from tiny_models import (EXTRACTOR, save_tiny_clip, save_tiny_ddpm,
-                         save_tiny_dit, save_tiny_ldm, save_tiny_sdxl)
+from tiny_models import EXTRACTOR, save_tiny_clip, save_tiny_ddpm, save_tiny_dit, save_tiny_ldm, save_tiny_sdxl
 
 from flexnas.errors import FlexnasError
 from flexnas.models.registry import get_problem

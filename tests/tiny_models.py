@@ -70,8 +70,7 @@ def save_tiny_ldm(folder: Path) -> Path:
 
 
 def save_tiny_dit(folder: Path) -> Path:
-    from diffusers import (AutoencoderKL, DDIMScheduler, DiTPipeline,
-                           DiTTransformer2DModel)
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
     torch.manual_seed(0)
     transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
@@ -85,8 +84,7 @@ def save_tiny_dit(folder: Path) -> Path:
 
 def save_tiny_clip(folder: Path, tokenizer_dir: Path) -> Path:
     """A tiny CLIPModel + its tokenizer (the byte-level one of conftest) + a CLIPImageProcessor config."""
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel,
-                              CLIPTokenizer)
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
     tok = CLIPTokenizer.from_pretrained(tokenizer_dir, model_max_length=77)
     torch.manual_seed(0)
@@ -106,8 +104,7 @@ def save_tiny_clip(folder: Path, tokenizer_dir: Path) -> Path:
 def save_tiny_sdxl(folder: Path, tiny_sd) -> Path:
     """A tiny SDXL pipeline sharing the tiny Stable Diffusion pipeline's VAE, tokenizer and scheduler."""
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import (CLIPTextConfig, CLIPTextModel,
-                              CLIPTextModelWithProjection)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     tok = tiny_sd.tokenizer
     cfg = CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,

@@ -14,8 +14,7 @@ import sys
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: 2-core machines slow down 5-10x without
 
-from flexnas.cli import \
-    search  # noqa: E402, F401 - registers the search command
+from flexnas.cli import search  # noqa: E402, F401 - registers the search command
 from flexnas.cli.commands import COMMANDS  # noqa: E402
 from flexnas.cli.parser import build_parser  # noqa: E402
 from flexnas.errors import FlexnasError  # noqa: E402

@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from flexnas.cli.args import (int_list, load_problem, new_file, positive,
-                              read_plan)
+from flexnas.cli.args import int_list, load_problem, new_file, positive, read_plan
 from flexnas.errors import FlexnasError
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flexnas.cli.args import (int_list, load_problem, problem_spec,
-                              short_strip, stage)
+from flexnas.cli.args import int_list, load_problem, problem_spec, short_strip, stage
 from flexnas.cli.commands import command
 from flexnas.errors import FlexnasError
 

@@ -129,8 +129,7 @@ class PlanController:
         if t not in self._next_t:  # a dropped timestep: the latents stay, the kept step before jumped over it
             if not kwargs.get("return_dict", True):
                 return sample, None
-            from diffusers.schedulers.scheduling_ddim import \
-                DDIMSchedulerOutput
+            from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 
             return DDIMSchedulerOutput(prev_sample=sample, pred_original_sample=None)
         nxt = self._next_t[t]
@@ -183,8 +182,7 @@ class PlanController:
             self.counter.null += 1
             if self._last is not None:
                 return self._last
-            from diffusers.models.unets.unet_2d import \
-                UNet2DOutput  # dropped before any network call: unused
+            from diffusers.models.unets.unet_2d import UNet2DOutput  # dropped before any network call: unused
 
             out = sample.new_zeros(sample.shape[0], self.unet.config.out_channels, *sample.shape[2:])
             return (out,) if not kwargs.get("return_dict", True) else UNet2DOutput(sample=out)

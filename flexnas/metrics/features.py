@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-from torch_fidelity.registry import (FEATURE_EXTRACTORS_REGISTRY,
-                                     register_feature_extractor)
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
 from flexnas.errors import FlexnasError
 from flexnas.fingerprint import module_digest

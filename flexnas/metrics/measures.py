@@ -60,16 +60,14 @@ def statistics(features: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def fid(stats_1: dict[str, np.ndarray], stats_2: dict[str, np.ndarray]) -> float:
-    from torch_fidelity.metric_fid import (KEY_METRIC_FID,
-                                           fid_statistics_to_metric)
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
 
     return max(0.0, float(fid_statistics_to_metric(stats_1, stats_2, verbose=False)[KEY_METRIC_FID]))
 
 
 def kid(features_1: np.ndarray, features_2: np.ndarray, subsets: int = 100) -> float:
     """KID x 1000 with torch-fidelity's defaults; subsets as large as the smaller set allows (at most 1000)."""
-    from torch_fidelity.metric_kid import (KEY_METRIC_KID_MEAN,
-                                           kid_features_to_metric)
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, kid_features_to_metric
 
     size = min(len(features_1), len(features_2), 1000)
     out = kid_features_to_metric(torch.as_tensor(features_1), torch.as_tensor(features_2), kid_subsets=subsets,

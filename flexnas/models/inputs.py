@@ -62,6 +62,9 @@ class ImageInputs:
         """One-line errors for inputs the pipeline class does not take, or misses."""
         name = pipeline_class.__name__
         params = set(inspect.signature(pipeline_class.__call__).parameters)
+        if "mask_image" in params:
+            raise FlexnasError(f"{name} needs masks, which flexnas search does not take yet: search the image-to-image "
+                               "pipeline of the same model and apply the plan to the inpainting one (flexnas.apply)")
         if self.images is not None and "strength" not in params:
             raise FlexnasError(f"{name} is not an image-to-image pipeline: --input-images and --strength do not "
                                "apply (use a StableDiffusion(XL)Img2ImgPipeline folder)")

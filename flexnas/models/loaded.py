@@ -10,8 +10,7 @@ from flexnas.engine.apply import apply
 from flexnas.engine.compiled import compile_by_default, compiled_forward
 from flexnas.engine.controller import PlanController
 from flexnas.engine.partial import PartialUNet, list_branches
-from flexnas.engine.sampler import (Conditioning, initial_noise, sample,
-                                    to_images)
+from flexnas.engine.sampler import Conditioning, initial_noise, sample, to_images
 from flexnas.engine.steps import StepCounter, is_ddim
 from flexnas.errors import FlexnasError
 from flexnas.fingerprint import module_digest

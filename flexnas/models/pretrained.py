@@ -24,8 +24,7 @@ from typing import Any
 
 from flexnas.engine.steps import can_drop
 from flexnas.errors import FlexnasError
-from flexnas.models.hub import (check_supported, component_config,
-                                has_component, read_model_index, slug)
+from flexnas.models.hub import check_supported, component_config, has_component, read_model_index, slug
 from flexnas.models.inputs import ImageInputs
 from flexnas.models.problem import Problem
 from flexnas.models.prompts import DEFAULT_PROMPTS, PromptEncoder, read_prompts

@@ -12,8 +12,7 @@ import numpy as np
 
 from flexnas.metrics.measures import GROUND_TRUTH, MEASURES
 from flexnas.plan.plan import Plan
-from flexnas.report.plots import (plan_family, plot_pareto, save_grid,
-                                  side_by_side)
+from flexnas.report.plots import plan_family, plot_pareto, save_grid, side_by_side
 from flexnas.search.problem import genome_key
 
 BASE_FIELDS = ("key", "generation", "family", "N", "strip", "macs", "macs_ratio")

@@ -17,8 +17,7 @@ import numpy as np
 from flexnas.engine.steps import can_drop
 from flexnas.errors import FlexnasError
 from flexnas.metrics.evaluator import Evaluator
-from flexnas.metrics.measures import (DEFAULT_MEASURE, MEASURES, available,
-                                      check_measure, score)
+from flexnas.metrics.measures import DEFAULT_MEASURE, MEASURES, available, check_measure, score
 from flexnas.metrics.store import PrefixStore
 from flexnas.models.registry import get_problem
 from flexnas.plan.plan import Plan

@@ -24,9 +24,7 @@ from flexnas.models.registry import get_problem
 from flexnas.plan.space import SearchSpace
 from flexnas.search.candidates import CandidateEvaluator, check_runnable
 from flexnas.search.config import SearchConfig, check_resume_options
-from flexnas.search.operators import (CanonicalDuplicateElimination,
-                                      FlexSampling, SegmentCrossover,
-                                      SegmentMutation)
+from flexnas.search.operators import CanonicalDuplicateElimination, FlexSampling, SegmentCrossover, SegmentMutation
 from flexnas.search.problem import GenomeProblem
 from flexnas.search.runfolder import Checkpoint, Progress, run_folder
 

@@ -11,8 +11,7 @@ from typing import Any
 
 from flexnas.errors import FlexnasError
 from flexnas.models.problem import Problem
-from problems.fashion_mnist.model import (CLASSIFIER_DIR, PIPELINE_DIR,
-                                          WEIGHTS_DIR)
+from problems.fashion_mnist.model import CLASSIFIER_DIR, PIPELINE_DIR, WEIGHTS_DIR
 
 FEATURE_EXTRACTOR = "fashion-mnist-classifier"
 REAL_STATISTICS = WEIGHTS_DIR / "fashion_mnist_test_stats.npz"

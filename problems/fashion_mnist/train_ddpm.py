@@ -24,8 +24,7 @@ from diffusers.training_utils import EMAModel
 
 from flexnas.errors import FlexnasError, report_errors
 from problems.fashion_mnist.data import load_split
-from problems.fashion_mnist.model import (CHECKPOINT, PIPELINE_DIR,
-                                          make_scheduler, make_unet)
+from problems.fashion_mnist.model import CHECKPOINT, PIPELINE_DIR, make_scheduler, make_unet
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
