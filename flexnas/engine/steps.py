@@ -56,8 +56,8 @@ def can_drop(scheduler: Any) -> bool:
 
 
 def first_step(T: int, strength: float | None) -> int:
-    """The base step an image-to-image pipeline starts at for ``strength`` (diffusers' ``get_timesteps``
-    for first-order schedulers): steps before it never run, so they cost nothing."""
+    """The base step an image-to-image pipeline starts at for ``strength`` (diffusers' ``get_timesteps``:
+    it runs the last ``int(T * strength)`` steps); steps before it never run, so they cost nothing."""
     return 0 if strength is None else T - min(int(T * strength), T)
 
 
