@@ -71,3 +71,16 @@ def test_fidelity_seeds_marks_a_baseline_beaten_only_by_a_faster_closer_plan():
     text = render({"rows": rows, "seed": 0, "images": 256, "total_s": 60, "machine": "m"})
     assert "**1 of 3 fast-region baselines beaten**" in text and "| slow base | baseline | 3.00x |" in text
 
+
+
+def test_fronts_are_rescored_where_they_can_beat_a_baseline():
+    """A front plan is re-scored when some baseline on the same images has at least its MACs and a
+    worse score; the front's near-empty end (cheapest, worst) is not, unless nothing can matter."""
+    from benchmarks.compare import can_matter
+
+    base = [{"images": 64, "macs_ratio": 0.3, "paired": 1.6}, {"images": 64, "macs_ratio": 0.1, "paired": 2.1},
+            {"images": 256, "macs_ratio": 0.5, "paired": 9.0}]  # other images: not comparable
+    front = [{"macs_ratio": 0.01, "paired": 8.7}, {"macs_ratio": 0.26, "paired": 1.25},
+             {"macs_ratio": 0.3, "paired": 1.6}, {"macs_ratio": 0.08, "paired": 2.0}]
+    assert can_matter(front, base, "paired", 64) == [front[1], front[3]]
+    assert can_matter(front[:1], base, "paired", 64) == front[:1]

@@ -212,7 +212,7 @@ class MacCounter:
             tmp.write_text(json.dumps(d))
             os.replace(tmp, path)
         full, partial = d["full"], {int(k): v for k, v in d["partial"].items()}
-        inputs = loaded.problem.inputs
+        inputs = getattr(getattr(loaded, "problem", None), "inputs", None)
         return cls(full, partial, 2 if cond.cfg else 1, d.get("decode"), d.get("controlnet", 0),
                    strength=inputs.strength if inputs is not None else None)
 
