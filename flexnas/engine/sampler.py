@@ -126,11 +126,8 @@ def sample(unet: torch.nn.Module, scheduler: Any, T: int, shape: tuple[int, ...]
                 out = uncond + cond.guidance_scale * (text - uncond)
             x = scheduler.step(out, t, x, **skw, return_dict=False)[0]
         if counter is not None and ctl is not None:
-            c = ctl.counter
-            counter.full += c.full
-            counter.partial.update(c.partial)
-            counter.null += c.null
-            c.reset()
+            counter.add(ctl.counter)
+            ctl.counter.reset()
     return x
 
 

@@ -29,6 +29,12 @@ class StepCounter:
         """Network evaluations (FULL + PARTIAL)."""
         return self.full + sum(self.partial.values())
 
+    def add(self, other: "StepCounter") -> None:
+        """Count ``other``'s steps here too (a caller's counter summing a controller's)."""
+        self.full += other.full
+        self.partial.update(other.partial)
+        self.null += other.null
+
     def reset(self) -> None:
         self.full, self.null = 0, 0
         self.partial.clear()

@@ -201,9 +201,7 @@ class LoadedModel:
                 out.append(self.pipeline(**kw, num_inference_steps=plan.T, height=h, width=w, generator=g,
                                          output_type="latent", return_dict=False)[0])
             if counter is not None:
-                counter.full += ctl.counter.full
-                counter.partial.update(ctl.counter.partial)
-                counter.null += ctl.counter.null
+                counter.add(ctl.counter)
         return torch.cat(out)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
