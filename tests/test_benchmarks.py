@@ -84,3 +84,29 @@ def test_fronts_are_rescored_where_they_can_beat_a_baseline():
              {"macs_ratio": 0.3, "paired": 1.6}, {"macs_ratio": 0.08, "paired": 2.0}]
     assert can_matter(front, base, "paired", 64) == [front[1], front[3]]
     assert can_matter(front[:1], base, "paired", 64) == front[:1]
+
+
+def test_promotion_benchmark_runs_every_arm_and_judges_on_other_noise(tmp_path, monkeypatch):
+    from benchmarks import promotion
+
+    monkeypatch.setenv("FLEXNAS_CACHE", str(tmp_path / "cache"))
+    report, results = tmp_path / "REPORT.md", tmp_path / "results"
+    assert promotion.main(["--quick", "--seeds", "0", "--judge-images", "16", "--report", str(report),
+                           "--results", str(results), "--threads", "1"]) == 0
+    data = json.loads((results / "promotion.json").read_text())
+    rows = {r["arm"]: r for r in data["rows"]}
+    assert list(rows) == ["end", "end, 3 gens", "promote every 2", "promote every 1"]
+    assert rows["end"]["promoted"] == rows["end, 3 gens"]["promoted"] == 0
+    assert rows["promote every 2"]["promoted"] > 0 and rows["promote every 1"]["promoted"] > 0
+    assert rows["end, 3 gens"]["cost"] > rows["end"]["cost"]  # a third generation evaluates more plans
+    for r in rows.values():  # every front plan judged, none beyond the budget
+        assert r["front"] and all(f["macs_ratio"] <= promotion.BUDGET + 1e-12 and f["judged"] > 0 for f in r["front"])
+    assert "## Promotion during the search" in report.read_text()
+
+
+def test_promotion_hypervolume_is_the_dominated_area():
+    from benchmarks.promotion import hypervolume
+
+    # rectangles (3-1)x(0.35-0.1) and (3-2)x(0.35-0.05) overlap in (3-2)x(0.35-0.1); the last point is beyond ref
+    assert hypervolume([(1, 0.1), (2, 0.05), (4, 0.01)], (3, 0.35)) == pytest.approx(0.5 + 0.3 - 0.25)
+    assert hypervolume([(4, 0.01)], (3, 0.35)) == 0.0

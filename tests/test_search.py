@@ -548,6 +548,41 @@ def test_rescoring_writes_high_fidelity_columns(tmp_path):
     assert all("hi_fid_to_real" in c for c in summary["chosen_plans"])
 
 
+def test_promotion_rescores_the_population_front_and_the_search_uses_it(tmp_path):
+    """--promote-every 2 (one promotion, after generation 2): the non-dominated plans of the population are scored
+    on 16 images (checked against an independent FID), put back on the 8-image scale by their mean shift, and the
+    final front is non-dominated in those scores."""
+    import csv
+
+    from flexnas.metrics.measures import Reference, fid, statistics
+    from problems.fashion_mnist import FEATURE_EXTRACTOR, REAL_STATISTICS
+
+    out = tmp_path / "run"
+    assert cli(search_argv(out, "--goal", "quality", "--objective", "fid_to_real", "--promote-every", "2",
+                           "--promote-images", "16")) == 0
+    problem = load_checkpoint(out / "checkpoint.pkl").problem
+    promoted, records = problem.promoted, {r["key"]: r for r in evaluations_of(out)}
+    assert promoted and {p["generation"] for p in promoted.values()} == {2}
+    ev = CandidateEvaluator.get(SearchConfig(problem=TINY, images=8, overrides=dict(OVERRIDES)).validate(), 1)
+    real = Reference.load(REAL_STATISTICS, FEATURE_EXTRACTOR)
+    for key, p in promoted.items():
+        feats = ev.store.features(Plan.from_dict(records[key]["plan"]), 16)
+        assert p["fid_to_real"] == pytest.approx(fid(statistics(feats), {"mu": real.mu, "sigma": real.sigma}), abs=1e-5)
+        assert p["score"] == pytest.approx(p["fid_to_real"] + p["shift"])
+    shift = np.mean([records[k]["fid_to_real"] - p["fid_to_real"] for k, p in promoted.items()])
+    assert all(p["shift"] == pytest.approx(shift) for p in promoted.values())
+    assert shift > 0  # FID on 8 images is biased upward against FID on 16
+    front = json.loads((out / "front.json").read_text())
+    assert any("promoted_fid_to_real" in r for r in front)
+    score = [(promoted[r["key"]]["score"] if r["key"] in promoted else r["fid_to_real"], r["macs_ratio"]) for r in front]
+    for a in score:
+        assert not any(b[0] <= a[0] and b[1] <= a[1] and b != a for b in score)
+    assert {"promoted_images", "promoted_fid_to_real"} <= set(next(csv.DictReader((out / "front.csv").open())))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["denoiser_calls_made"] == (sum(r["calls"] for r in records.values())
+                                              + sum(p["calls"] for p in promoted.values()))
+
+
 # --------------------------------------------------------------------------- bad input
 def assert_one_error_line(capsys) -> str:
     captured = capsys.readouterr()
@@ -569,6 +604,8 @@ def assert_one_error_line(capsys) -> str:
     (["--choose", "-1"], "--choose"),
     (["--segments", "2,x"], "--segments"),
     (["--rescore-images", "4"], "--rescore-images"),
+    (["--promote-images", "4", "--promote-every", "1"], "--promote-images"),
+    (["--promote-every", "-1"], "--promote-every"),
     (["--scheduler", "PNDMScheduler", "--null-mode", "drop"], "cannot drop timesteps"),
     (["--dask", "foo://bar"], "cannot reach the Dask scheduler"),
     (["--segments", "3"], "do not divide T=10"),

@@ -34,7 +34,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     config = SearchConfig(problem=spec, algorithm=args.algorithm, pop=args.pop, gens=args.gens,
                           seed=args.seed, macs_budget=args.macs_budget, images=args.images, goal=args.goal,
                           objective=args.objective, skip=not args.paper_space,
-                          rescore_images=args.rescore_images, segments=int_list(args.segments, "segments"),
+                          rescore_images=args.rescore_images, promote_every=args.promote_every,
+                          promote_images=args.promote_images, segments=int_list(args.segments, "segments"),
                           branches=int_list(args.branches, "branches"), null_mode=args.null_mode,
                           extractor=args.extractor, extractor_weights=args.inception_weights,
                           overrides=overrides).validate()

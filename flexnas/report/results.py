@@ -26,8 +26,12 @@ def csv_fields(records: list[dict]) -> list[str]:
     """Base columns, then every measure present (low fidelity, then ``hi_`` re-scored), then costs."""
     present = {k for r in records for k in r}
     measures = [m for m in MEASURES if m in present]
-    hi = ["hi_images", "hi_front"] + [f"hi_{m}" for m in MEASURES if f"hi_{m}" in present] if "hi_images" in present else []
-    return [*BASE_FIELDS, *measures, *hi, *(f for f in TAIL_FIELDS if f in present)]
+    extra = []
+    for tag in ("promoted", "hi"):  # scored on more images: during the search, after it
+        if f"{tag}_images" in present:
+            extra += [f"{tag}_images", *(["hi_front"] if tag == "hi" else []),
+                      *(f"{tag}_{m}" for m in MEASURES if f"{tag}_{m}" in present)]
+    return [*BASE_FIELDS, *measures, *extra, *(f for f in TAIL_FIELDS if f in present)]
 
 
 def write_records(records: list[dict], stem: Path, costs: bool = True) -> None:
@@ -46,11 +50,16 @@ def write_records(records: list[dict], stem: Path, costs: bool = True) -> None:
 
 
 def front_records(res, problem) -> list[dict]:
-    """Records of the algorithm's final optimum (NSGA-II front, GA best), by MACs ratio."""
+    """Records of the algorithm's final optimum (NSGA-II front, GA best), by MACs ratio; a promoted plan's
+    record carries its ``promoted_`` score."""
     opt = res.algorithm.opt
     keys = list(dict.fromkeys(genome_key(problem.space.canonical(x)) for x in opt.get("X")))
     obj = problem.config.objective
-    return sorted(problem.records(keys), key=lambda r: (r["macs_ratio"], r.get(obj, np.inf)))
+    recs = []
+    for key, r in zip(keys, problem.records(keys)):
+        p = problem.promoted.get(key)
+        recs.append({**r, "promoted_images": p["images"], f"promoted_{obj}": p[obj]} if p else r)
+    return sorted(recs, key=lambda r: (r["macs_ratio"], problem.score(r["key"], r)))
 
 
 def nondominated(records: list[dict], measure: str) -> list[dict]:
@@ -172,7 +181,7 @@ def write_run_outputs(res, problem, out: Path, candidates, n_choose: int = 5, wa
     timings = [{"file": f"plans/plan_{i}.json", **{k: r[k] for k in COST_FIELDS if k in r}} for i, r in enumerate(chosen)]
     (out / "timings.json").write_text(json.dumps(timings, indent=1))
 
-    calls = sum(r["calls"] for r in records)
+    calls = sum(r["calls"] for r in records) + sum(p["calls"] for p in problem.promoted.values())
     elapsed = time.time() - started if started else None
     summary = {
         "evaluated": len(records),

@@ -26,6 +26,8 @@ class SearchConfig:
     objective: str | None = None  # a measure of flexnas.metrics.measures (None: the goal's default)
     skip: bool = True  # segments after the first may be skipped (False: the paper's space)
     rescore_images: int | None = None  # re-score the front and baselines on this many images (0: no; None: the problem's)
+    promote_every: int = 0  # promote the population's best plans every this many generations (0: never)
+    promote_images: int | None = None  # to this many images (None: 4x the screening images)
     segments: list[int] | None = None
     branches: list[int] | None = None
     null_mode: str | None = None
@@ -43,6 +45,11 @@ class SearchConfig:
         if self.rescore_images and self.rescore_images <= max(1, self.images or 0):
             raise FlexnasError(f"--rescore-images {self.rescore_images} must exceed the screening --images "
                                f"({self.images}): re-scoring is on more images")
+        if self.promote_every < 0:
+            raise FlexnasError(f"--promote-every must be 0 (never) or a number of generations, got {self.promote_every}")
+        if self.promote_images is not None and self.promote_images <= max(1, self.images or 0):
+            raise FlexnasError(f"--promote-images {self.promote_images} must exceed the screening --images "
+                               f"({self.images}): promotion scores on more images")
         if self.pop < 2:
             raise FlexnasError(f"--pop must be at least 2, got {self.pop}")
         if self.gens < 1:
@@ -69,7 +76,8 @@ EVAL_FIELDS = ("problem", "overrides", "images", "null_mode", "extractor", "extr
 # a resumed run keeps its settings: options that would change them are refused (CLI flag of each field)
 RESUME_FLAGS = {"problem": "--problem/--model", "algorithm": "--algorithm", "pop": "--pop", "seed": "--seed",
                 "macs_budget": "--macs-budget", "images": "--images", "goal": "--goal", "objective": "--objective",
-                "skip": "--paper-space", "rescore_images": "--rescore-images", "segments": "--segments",
+                "skip": "--paper-space", "rescore_images": "--rescore-images", "promote_every": "--promote-every",
+                "promote_images": "--promote-images", "segments": "--segments",
                 "branches": "--branches", "null_mode": "--null-mode", "extractor": "--extractor",
                 "extractor_weights": "--inception-weights", "overrides": "the model options (--steps, --model, ...)"}
 

@@ -39,6 +39,7 @@ class GenomeProblem(Problem):
         self.generation = 1
         self.requested_total = 0  # evaluations pymoo asked for (cache hits included)
         self.naive_total = 0  # denoiser calls those would cost without cache and prefix reuse
+        self.promoted: dict[str, dict[str, Any]] = {}  # genome key -> its score on more images (search.promotion)
         self.attach()
 
     def attach(self, runner: Any = None, threads: int | None = None) -> None:
@@ -69,14 +70,19 @@ class GenomeProblem(Problem):
                             "plan": plan.to_dict(), "strip": plan.strip(), **r})
         return [self.cache.records[k] for k in keys]
 
+    def score(self, key: str, record: dict[str, Any] | None) -> float:
+        """The objective pymoo sees: the promoted score of a promoted plan, else the screening score."""
+        p = self.promoted.get(key)
+        v = p["score"] if p else record.get(self.config.objective, math.inf)
+        return v if math.isfinite(v) else INF_SCORE
+
     def _evaluate(self, X, out, *args, **kwargs):
         X = np.asarray(X, dtype=int)
         keys = [genome_key(self.space.canonical(x)) for x in X]
         recs = self.records(keys)
         self.requested_total += len(keys)
         self.naive_total += sum(r["naive_calls"] for r in recs)
-        obj = np.array([r.get(self.config.objective, math.inf) for r in recs], dtype=float)
-        obj = np.where(np.isfinite(obj), obj, INF_SCORE)
+        obj = np.array([self.score(k, r) for k, r in zip(keys, recs)], dtype=float)
         macs = np.array([r["macs_ratio"] for r in recs], dtype=float)
         out["F"] = obj[:, None] if self.config.algorithm == "ga" else np.stack([obj, macs], axis=1)
         if self.config.macs_budget is not None:

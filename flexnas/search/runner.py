@@ -26,6 +26,7 @@ from flexnas.search.candidates import CandidateEvaluator, check_runnable
 from flexnas.search.config import SearchConfig, check_resume_options
 from flexnas.search.operators import CanonicalDuplicateElimination, FlexSampling, SegmentCrossover, SegmentMutation
 from flexnas.search.problem import GenomeProblem
+from flexnas.search.promotion import Promotion
 from flexnas.search.runfolder import Checkpoint, Progress, run_folder
 
 
@@ -163,7 +164,9 @@ def _run(config: SearchConfig, out: Path, resume: bool, workers: int | None, das
 
         done = algorithm.n_gen if resume and algorithm.n_gen else 0
         bar = Progress(config.gens, done, f"{config.algorithm} gens") if progress else None
-        cb = Checkpoint(ckpt_path) if bar is None else CallbackCollection(Checkpoint(ckpt_path), bar)
+        # promotion first: the checkpoint and the progress bar see the promoted population
+        cbs = [Promotion(config.promote_every, config.promote_images or 4 * evaluator.n)] if config.promote_every else []
+        cb = CallbackCollection(*cbs, Checkpoint(ckpt_path), *([bar] if bar is not None else []))
         problem.progress = bar
         if resume:
             algorithm.callback = cb

@@ -1,0 +1,59 @@
+"""Promotion during the search: the population's best plans scored again on more images.
+
+Screening on few images is noisy, and the plans a search keeps are those whose noise was lucky
+(the winner's curse). Every ``promote_every`` generations, the population's non-dominated plans
+(objective, MACs ratio) are scored on ``promote_images`` images and compete from then on with
+that score, put back on the screening scale by the mean shift the promoted plans showed (FID is
+biased upward on few images; paired distances are not): lucky plans fall back, and the search
+spends its next generations around plans that stay good. docs/DESIGN.md, section 6;
+``benchmarks/promotion.py`` measures whether it finds better plans than re-scoring only at the end.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from pymoo.core.callback import Callback
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+from flexnas.search.candidates import CandidateEvaluator
+from flexnas.search.problem import genome_key
+
+
+class Promotion(Callback):
+    """A pymoo callback: promote, then let the algorithm's own survival re-rank the population."""
+
+    def __init__(self, every: int, images: int):
+        super().__init__()
+        self.every, self.images = every, images
+
+    def _update(self, algorithm) -> None:
+        if algorithm.n_gen % self.every:
+            return
+        problem, pop = algorithm.problem, algorithm.pop
+        obj = problem.config.objective
+        keys = [genome_key(problem.space.canonical(x)) for x in pop.get("X")]
+        recs = [problem.cache.records[k] for k in keys]  # every member was evaluated
+        F = np.array([[problem.score(k, r), r["macs_ratio"]] for k, r in zip(keys, recs)])
+        feasible = np.flatnonzero(pop.get("CV")[:, 0] <= 0)
+        if not len(feasible):
+            return
+        front = feasible[NonDominatedSorting().do(F[feasible], only_non_dominated_front=True)]
+        cand = CandidateEvaluator.get(problem.config)
+        hi = {}
+        for i in front:
+            plan = problem.space.decode(pop[i].X)
+            hi[keys[i]] = (recs[i].get(obj, math.inf), cand.evaluate(plan, n=self.images, measures=[obj]))
+        finite = [(lo, h[obj]) for lo, h in hi.values() if math.isfinite(lo) and math.isfinite(h[obj])]
+        shift = float(np.mean([lo - h for lo, h in finite])) if finite else 0.0
+        for key, (_, h) in hi.items():
+            problem.promoted[key] = {"generation": algorithm.n_gen, "images": self.images, obj: h[obj],
+                                     "shift": shift, "score": h[obj] + shift, "calls": h["calls"]}
+        for ind, key in zip(pop, keys):
+            if key in problem.promoted:
+                F_ = ind.F.copy()
+                F_[0] = problem.score(key, None)
+                ind.F = F_
+        algorithm.pop = algorithm.survival.do(problem, pop, n_survive=len(pop), algorithm=algorithm)
+        algorithm._set_optimum()
