@@ -112,7 +112,8 @@ def render(out: dict) -> str:
     lines += ["", "| arm | mean HV | mean cost |", "|---|---|---|"]
     for name in dict.fromkeys(r["arm"] for r in out["rows"]):
         rs = [r for r in out["rows"] if r["arm"] == name]
-        lines.append(f"| {name} | {np.mean([r['hv'] for r in rs]):.4f} | {np.mean([r['cost'] for r in rs]):.0f} |")
+        hv, cost = np.mean([r["hv"] for r in rs]), np.mean([r["cost"] for r in rs])
+        lines.append(f"| {name} | {hv:.4f} | {cost:.0f} |")
     return "\n".join(lines)
 
 
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     def options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--seeds", default="0,1")
         p.add_argument("--judge-images", type=int, default=512)
-        p.add_argument("--quick", action="store_true", help="tiny settings: checks the machinery (numbers mean nothing)")
+        p.add_argument("--quick", action="store_true", help="tiny settings (numbers mean nothing)")
 
     args = parse(__doc__, argv, options)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from tiny_models import save_tiny_sdxl, tiny_controlnet
@@ -220,12 +222,14 @@ def test_deepcache_plan_equals_the_deepcache_helper(request, which, interval, br
 
 def test_controlnet_runs_only_where_its_residuals_are_used(controlnet):
     """NULL steps skip the ControlNet without changing the images (checked against the same plan with the
-    ControlNet run at every step); ``controlnet_reuse`` also skips it at PARTIAL steps; plan MACs count its
+    ControlNet run at every step); a plan with ``controlnet_reuse`` also skips it at PARTIAL steps (its own
+    feature-store key, its JSON field); plan MACs count its
     runs, which a forward hook on its stock ``conv_in`` counts independently."""
     from diffusers.hooks import HookRegistry
 
     from flexnas.engine.controller import HOOK_NAME
     from flexnas.metrics.macs import MacCounter
+    from flexnas.metrics.store import plan_key
 
     pipe, call = controlnet
     runs = []
@@ -242,18 +246,22 @@ def test_controlnet_runs_only_where_its_residuals_are_used(controlnet):
     assert abs(skipped - every_step).max() == 0
     counter = MacCounter(full=1000, partial={1: 300}, cfg_factor=2, controlnet=200)
     assert counter.plan_macs(plan) == 2 * (2 * 1000 + 4 * 300 + 6 * 200)
-    with flexnas.apply(pipe, plan, controlnet_reuse=True) as ctl:
+    reuse = replace(plan, controlnet_reuse=True)
+    assert Plan.from_json(reuse.to_json()) == reuse != plan and "controlnet_reuse" not in plan.to_dict()
+    assert plan_key(reuse) != plan_key(plan)
+    with flexnas.apply(pipe, reuse) as ctl:
         runs.clear()
         reused = call()
         assert len(runs) == ctl.controlnet.calls == 2
     assert abs(reused - skipped).max() > 1e-4
-    counter.controlnet_reuse = True
-    assert counter.plan_macs(plan) == 2 * (2 * 1000 + 4 * 300 + 2 * 200)
+    assert counter.plan_macs(reuse) == 2 * (2 * 1000 + 4 * 300 + 2 * 200)
     stock = call()
-    with flexnas.apply(pipe, Plan.teacher("DDIMScheduler", STEPS), controlnet_reuse=True):
+    with flexnas.apply(pipe, replace(Plan.teacher("DDIMScheduler", STEPS), controlnet_reuse=True)):
         assert abs(call() - stock).max() == 0  # every step FULL: nothing is reused
     with pytest.raises(FlexnasError, match="has no ControlNet"):
-        flexnas.apply(_NoControlNet(pipe), plan, controlnet_reuse=True)
+        flexnas.apply(_NoControlNet(pipe), reuse)
+    with pytest.raises(FlexnasError, match="controlnet_reuse must be true or false"):
+        Plan.from_dict({**plan.to_dict(), "controlnet_reuse": "yes"})
 
 
 class _NoControlNet:

@@ -10,8 +10,7 @@ from flexnas.errors import FlexnasError
 from flexnas.plan.plan import Plan
 
 
-def apply(pipeline: Any, plan: Plan | str, *, controlnet_reuse: bool = False,
-          forward: Callable | None = None) -> PlanController:
+def apply(pipeline: Any, plan: Plan | str, *, forward: Callable | None = None) -> PlanController:
     """Make ``pipeline`` (DDPM/DDIM/PNDM/StableDiffusion...) run ``plan`` on its next calls.
 
     Returns the installed controller: use it as a context manager, or call ``remove()``
@@ -21,7 +20,7 @@ def apply(pipeline: Any, plan: Plan | str, *, controlnet_reuse: bool = False,
         with flexnas.apply(pipe, "plan.json"):
             images = pipe(num_inference_steps=100).images
 
-    A pipeline's ControlNet does not run at NULL steps (exact); ``controlnet_reuse=True`` also
+    A pipeline's ControlNet does not run at NULL steps (exact); a plan with ``controlnet_reuse`` also
     serves its residuals from the last FULL step at PARTIAL steps (cheaper, approximate).
     ``controller.controlnet.calls`` counts its runs. ``forward`` replaces the U-Net's own forward at
     network steps (a loaded problem passes its ``torch.compile``d one).
@@ -34,11 +33,12 @@ def apply(pipeline: Any, plan: Plan | str, *, controlnet_reuse: bool = False,
         raise FlexnasError(f"{type(pipeline).__name__} has no 'unet' and 'scheduler': flexnas applies plans to "
                            "diffusers pipelines whose denoiser is a UNet2DModel or UNet2DConditionModel")
     net = getattr(pipeline, "controlnet", None)
-    if controlnet_reuse and net is None:
-        raise FlexnasError(f"controlnet_reuse=True but {type(pipeline).__name__} has no ControlNet")
+    if plan.controlnet_reuse and net is None:
+        raise FlexnasError(f"the plan reuses ControlNet residuals (controlnet_reuse) but {type(pipeline).__name__} "
+                           "has no ControlNet: drop the field from the plan")
     ctl = PlanController(unet, scheduler, plan, forward=forward)
     if net is not None:
-        ctl.controlnet = ControlNetHook(ctl, reuse_on_partial=controlnet_reuse)
+        ctl.controlnet = ControlNetHook(ctl, reuse_on_partial=plan.controlnet_reuse)
         try:
             ctl.add_hook(net, ctl.controlnet)
         except Exception:

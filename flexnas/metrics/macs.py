@@ -147,7 +147,7 @@ class MacCounter:
     ``decode`` is the per-image MACs of the VAE / VQ decode of latent models (None for pixel models):
     reported beside the denoiser's, never part of plan MACs or their ratios. ``controlnet`` is the
     per-image MACs of one ControlNet call (``count_controlnet``): added at the steps where it runs
-    under ``flexnas.apply`` (FULL, and PARTIAL unless ``controlnet_reuse``; never NULL). An
+    under ``flexnas.apply`` (FULL, and PARTIAL unless the plan has ``controlnet_reuse``; never NULL). An
     image-to-image ``strength`` leaves out the steps before the pipeline's first (``first_step``) and
     counts the steps that then run FULL as FULL (``executed_steps``).
     """
@@ -157,19 +157,19 @@ class MacCounter:
     cfg_factor: int = 1
     decode: int | None = None
     controlnet: int = 0
-    controlnet_reuse: bool = False
     strength: float | None = None
 
-    def step_macs(self, kind: StepKind, branch: int | None = None) -> int:
+    def step_macs(self, kind: StepKind, branch: int | None = None, controlnet_reuse: bool = False) -> int:
         if kind is StepKind.FULL:
             return self.cfg_factor * (self.full + self.controlnet)
         if kind is StepKind.PARTIAL:
-            return self.cfg_factor * (self.partial[branch] + (0 if self.controlnet_reuse else self.controlnet))
+            return self.cfg_factor * (self.partial[branch] + (0 if controlnet_reuse else self.controlnet))
         return 0
 
     def plan_macs(self, plan: Plan) -> int:
         """Per-image MACs of the denoiser over the steps of the plan that run."""
-        return sum(self.step_macs(s.kind, s.branch) for s in executed_steps(plan, first_step(plan.T, self.strength)))
+        return sum(self.step_macs(s.kind, s.branch, plan.controlnet_reuse)
+                   for s in executed_steps(plan, first_step(plan.T, self.strength)))
 
     def teacher_macs(self, T: int) -> int:
         return (T - first_step(T, self.strength)) * self.step_macs(StepKind.FULL)

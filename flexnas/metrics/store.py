@@ -28,8 +28,10 @@ from flexnas.plan.plan import Plan, StepKind
 
 
 def plan_key(plan: Plan) -> str:
-    """What a plan's images depend on: its step sequence (two segmentations of one sequence share images)."""
-    desc = json.dumps([plan.scheduler, plan.T, plan.null_mode, plan.strip()])
+    """What a plan's images depend on: its step sequence (two segmentations of one sequence share images) and
+    whether a ControlNet's residuals are reused."""
+    desc = [plan.scheduler, plan.T, plan.null_mode, plan.strip()]
+    desc = json.dumps(desc + ["controlnet_reuse"] if plan.controlnet_reuse else desc)
     return hashlib.sha256(desc.encode()).hexdigest()[:20]
 
 

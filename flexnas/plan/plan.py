@@ -13,7 +13,7 @@ mode the first step must call the network.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,8 @@ class Plan:
     segments: tuple[Segment, ...]
     null_mode: str = "drop"
     meta: dict = field(default_factory=dict, compare=False, hash=False)
+    # a pipeline's ControlNet serves the last FULL step's residuals at PARTIAL steps (engine/controlnet.py)
+    controlnet_reuse: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "segments", tuple(
@@ -90,6 +92,8 @@ class Plan:
                                "train on about 1,000 timesteps, so use at most that many")
         if self.null_mode not in NULL_MODES:
             raise FlexnasError(f"null_mode must be one of {NULL_MODES}, got {self.null_mode!r}")
+        if not isinstance(self.controlnet_reuse, bool):
+            raise FlexnasError(f"controlnet_reuse must be true or false, got {self.controlnet_reuse!r}")
         n = len(self.segments)
         if n == 0 or self.T % n:
             raise FlexnasError(f"N={n} segments must divide T={self.T}: admissible N are {divisors(self.T)}")
@@ -184,6 +188,7 @@ class Plan:
             "scheduler": self.scheduler, "T": self.T, "N": self.N, "null_mode": self.null_mode,
             "segments": [{"branch": s.branch, "interval": s.interval} for s in self.segments],
             "strip": self.strip(), "meta": dict(self.meta),
+            **({"controlnet_reuse": True} if self.controlnet_reuse else {}),  # plans without a ControlNet: as before
         }
 
     def to_json(self) -> str:
@@ -207,8 +212,9 @@ class Plan:
         meta = d.get("meta") or {}
         if not isinstance(meta, dict):
             raise FlexnasError("plan JSON field 'meta' must be an object")
-        plan = cls(str(d["scheduler"]), d["T"], tuple(Segment(s["interval"], s.get("branch")) for s in segs),
-                   d.get("null_mode", "drop"), dict(meta))
+        segments = tuple(Segment(s["interval"], s.get("branch")) for s in segs)
+        plan = cls(str(d["scheduler"]), d["T"], segments, d.get("null_mode", "drop"), dict(meta),
+                   d.get("controlnet_reuse", False))
         if "N" in d and d["N"] != plan.N:
             raise FlexnasError(f"plan JSON says N={d['N']} but lists {plan.N} segments")
         return plan
@@ -242,5 +248,5 @@ class Plan:
         return cls.from_json(text)
 
     def with_meta(self, **meta: Any) -> "Plan":
-        return Plan(self.scheduler, self.T, self.segments, self.null_mode, {**self.meta, **meta})
+        return replace(self, meta={**self.meta, **meta})
 

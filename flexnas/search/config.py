@@ -26,7 +26,7 @@ class SearchConfig:
     objective: str | None = None  # a measure of flexnas.metrics.measures (None: the goal's default)
     skip: bool = True  # segments after the first may be skipped (False: the paper's space)
     rescore_images: int | None = None  # re-score the front and baselines on this many images (0: no; None: the problem's)
-    promote_every: int = 0  # promote the population's best plans every this many generations (0: never)
+    promote_every: int = 0  # promote the population's front every this many generations (0: never)
     promote_images: int | None = None  # to this many images (None: 4x the screening images)
     segments: list[int] | None = None
     branches: list[int] | None = None
@@ -46,7 +46,8 @@ class SearchConfig:
             raise FlexnasError(f"--rescore-images {self.rescore_images} must exceed the screening --images "
                                f"({self.images}): re-scoring is on more images")
         if self.promote_every < 0:
-            raise FlexnasError(f"--promote-every must be 0 (never) or a number of generations, got {self.promote_every}")
+            raise FlexnasError(f"--promote-every must be 0 (never) or a number of generations, "
+                               f"got {self.promote_every}")
         if self.promote_images is not None and self.promote_images <= max(1, self.images or 0):
             raise FlexnasError(f"--promote-images {self.promote_images} must exceed the screening --images "
                                f"({self.images}): promotion scores on more images")

@@ -165,7 +165,8 @@ def _run(config: SearchConfig, out: Path, resume: bool, workers: int | None, das
         done = algorithm.n_gen if resume and algorithm.n_gen else 0
         bar = Progress(config.gens, done, f"{config.algorithm} gens") if progress else None
         # promotion first: the checkpoint and the progress bar see the promoted population
-        cbs = [Promotion(config.promote_every, config.promote_images or 4 * evaluator.n)] if config.promote_every else []
+        every, images = config.promote_every, config.promote_images or 4 * evaluator.n
+        cbs = [Promotion(every, images)] if every else []
         cb = CallbackCollection(*cbs, Checkpoint(ckpt_path), *([bar] if bar is not None else []))
         problem.progress = bar
         if resume:
