@@ -74,8 +74,7 @@ class Plan:
     segments: tuple[Segment, ...]
     null_mode: str = "drop"
     meta: dict = field(default_factory=dict, compare=False, hash=False)
-    # a pipeline's ControlNet serves the last FULL step's residuals at PARTIAL steps (engine/controlnet.py)
-    controlnet_reuse: bool = False
+    controlnet_reuse: bool = False  # a pipeline's ControlNet serves the last FULL step's residuals at PARTIAL steps
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "segments", tuple(
@@ -212,9 +211,8 @@ class Plan:
         meta = d.get("meta") or {}
         if not isinstance(meta, dict):
             raise FlexnasError("plan JSON field 'meta' must be an object")
-        segments = tuple(Segment(s["interval"], s.get("branch")) for s in segs)
-        plan = cls(str(d["scheduler"]), d["T"], segments, d.get("null_mode", "drop"), dict(meta),
-                   d.get("controlnet_reuse", False))
+        plan = cls(str(d["scheduler"]), d["T"], tuple(Segment(s["interval"], s.get("branch")) for s in segs),
+                   d.get("null_mode", "drop"), dict(meta), d.get("controlnet_reuse", False))
         if "N" in d and d["N"] != plan.N:
             raise FlexnasError(f"plan JSON says N={d['N']} but lists {plan.N} segments")
         return plan
