@@ -583,6 +583,19 @@ def test_promotion_rescores_the_population_front_and_the_search_uses_it(tmp_path
                                               + sum(p["calls"] for p in promoted.values()))
 
 
+def test_promoted_run_resumes_to_the_uninterrupted_front(tmp_path):
+    """The promoted scores live in the checkpoint: stopping after each generation changes nothing."""
+    extra = ("--goal", "quality", "--objective", "fid_to_real", "--promote-every", "1", "--promote-images", "16")
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert cli(search_argv(whole, *extra, "--gens", "3")) == 0
+    for gens in ("1", "2", "3"):
+        assert cli(search_argv(parts, *extra, "--gens", gens, *(["--resume"] if gens != "1" else []))) == 0
+    promoted = [{k: {f: v for f, v in p.items() if f != "calls"}  # calls made: what the feature store lacked
+                 for k, p in load_checkpoint(run / "checkpoint.pkl").problem.promoted.items()} for run in (whole, parts)]
+    assert promoted[0] == promoted[1] and max(p["generation"] for p in promoted[0].values()) == 3
+    assert (whole / "front.json").read_bytes() == (parts / "front.json").read_bytes()
+
+
 # --------------------------------------------------------------------------- bad input
 def assert_one_error_line(capsys) -> str:
     captured = capsys.readouterr()
