@@ -24,8 +24,9 @@ INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 
 
 def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] ``[N, C, H, W]`` to uint8 ``[N, 3, H, W]`` (grayscale repeated)."""
-    x = (images.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    """Images in [0, 1] ``[N, C, H, W]`` to uint8 ``[N, 3, H, W]`` (grayscale repeated), on their own device
+    (a GPU's images reach the feature extractor without a round trip through host memory)."""
+    x = (images.clamp(0, 1) * 255).round().to(torch.uint8)
     return x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x[:, :3]
 
 
