@@ -7,6 +7,8 @@ import json
 import os
 import platform
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,20 @@ def publish(name: str, out: dict, markdown: str, results: Path, report: Path) ->
     write_section(name, markdown, report)
     print(markdown)
     return 0
+
+
+def search_front(cfg, budget: float):
+    """Run the search ``cfg`` in a temporary folder (removed after): its front plans with MACs ratio <= ``budget``,
+    and its ``GenomeProblem`` (evaluation records and promotions, in memory)."""
+    from flexnas.report.results import front_records
+    from flexnas.search.runner import run_search
+
+    folder = Path(tempfile.mkdtemp()) / "run"
+    try:
+        res, problem = run_search(cfg, folder, progress=False)
+        return [f for f in front_records(res, problem) if f["macs_ratio"] <= budget + 1e-12], problem
+    finally:
+        shutil.rmtree(folder.parent, ignore_errors=True)
 
 
 def parse(doc: str, argv: list[str] | None, add_options=lambda parser: None) -> argparse.Namespace:

@@ -14,19 +14,15 @@ least as fast has a lower paired distance. Every image comes from the shared fea
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import machine, parse, publish
+from benchmarks.common import machine, parse, publish, search_front
 from flexnas.errors import report_errors
 from flexnas.plan.plan import Plan
-from flexnas.report.results import front_records
 from flexnas.search.candidates import CandidateEvaluator
 from flexnas.search.config import SearchConfig
-from flexnas.search.runner import run_search
 
 BUDGET = 0.35  # the benchmark's fast region
 
@@ -43,12 +39,7 @@ def run(images: int, seed: int) -> dict:
     t0 = time.time()
     cfg = SearchConfig(problem="fashion-mnist", algorithm="nsga2", pop=12, gens=4, seed=seed, goal="fidelity",
                        objective="paired", images=64, macs_budget=BUDGET, rescore_images=0)
-    folder = Path(tempfile.mkdtemp()) / "run"
-    try:
-        res, problem = run_search(cfg, folder, progress=False)
-        front = [f for f in front_records(res, problem) if f["macs_ratio"] <= BUDGET + 1e-12]
-    finally:
-        shutil.rmtree(folder.parent, ignore_errors=True)
+    front, _ = search_front(cfg, BUDGET)
     search_s = time.time() - t0
     cand = CandidateEvaluator.get(SearchConfig(problem="fashion-mnist", images=images).validate())
     p = cand.loaded.problem

@@ -21,21 +21,19 @@ independent of what the shared feature store already held.
 from __future__ import annotations
 
 import argparse
-import shutil
+import math
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine, parse, publish
+from benchmarks.common import machine, parse, publish, search_front
+from benchmarks.render import hypervolume
 from flexnas.errors import report_errors
 from flexnas.plan.plan import Plan
-from flexnas.report.results import front_records
 from flexnas.search.candidates import CandidateEvaluator
 from flexnas.search.config import SearchConfig
-from flexnas.search.runner import run_search
 
 BUDGET = 0.35  # the benchmark's fast region
 JUDGE_SEED = 1_000_000
@@ -53,26 +51,13 @@ def search(s: dict, seed: int, gens: int, every: int, problem: str) -> dict:
     cfg = SearchConfig(problem=problem, pop=s["pop"], gens=gens, seed=seed, goal="quality", objective="fid_to_real",
                        images=s["images"], macs_budget=BUDGET, rescore_images=0, promote_every=every,
                        promote_images=s["promote_images"] if every else None, overrides=s["overrides"])
-    folder = Path(tempfile.mkdtemp()) / "run"
     t0 = time.time()
-    try:
-        res, prob = run_search(cfg, folder, progress=False)
-        front = [f for f in front_records(res, prob) if f["macs_ratio"] <= BUDGET + 1e-12]
-        records = prob.cache.records
-    finally:
-        shutil.rmtree(folder.parent, ignore_errors=True)
+    front, prob = search_front(cfg, BUDGET)
+    records = prob.cache.records
     cost = sum(r["macs_ratio"] for r in records.values()) * s["images"]
     cost += sum(records[k]["macs_ratio"] for k in prob.promoted) * (s["promote_images"] - s["images"])
     return {"front": front, "evaluated": len(records), "promoted": len(prob.promoted), "cost": cost,
             "search_s": time.time() - t0}
-
-
-def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
-    """pymoo's hypervolume of (judged FID, MACs ratio) points; those beyond ``ref`` add nothing."""
-    from pymoo.indicators.hv import HV
-
-    pts = np.array([p for p in points if p[0] < ref[0] and p[1] < ref[1]])
-    return float(HV(ref_point=np.array(ref))(pts)) if len(pts) else 0.0
 
 
 def run(s: dict, seeds: list[int], judge_images: int, problem: str = "fashion-mnist") -> dict:
@@ -87,11 +72,11 @@ def run(s: dict, seeds: list[int], judge_images: int, problem: str = "fashion-mn
     for r in rows:
         for f in r["front"]:
             f["judged"] = judge.evaluate(Plan.from_dict(f["plan"]), measures=["fid_to_real"])["fid_to_real"]
-    worst = max(f["judged"] for r in rows for f in r["front"])
-    ref = (1.1 * worst, BUDGET)
+    judged = [f["judged"] for r in rows for f in r["front"] if math.isfinite(f["judged"])]
+    ref = (1.1 * max(judged, default=1.0), BUDGET)  # pymoo's HV: points beyond it add nothing
     for r in rows:
-        r["hv"] = hypervolume([(f["judged"], f["macs_ratio"]) for f in r["front"]], ref)
-        r["best_judged"] = min(f["judged"] for f in r["front"])
+        r["hv"] = hypervolume(r["front"], "judged", ref)
+        r["best_judged"] = min((f["judged"] for f in r["front"]), default=math.inf)
     return {"settings": s, "seeds": seeds, "judge_images": judge_images, "judge_seed": JUDGE_SEED,
             "ref_point": ref, "rows": rows, "total_s": time.time() - t0, "machine": machine()}
 

@@ -104,9 +104,12 @@ def test_promotion_benchmark_runs_every_arm_and_judges_on_other_noise(tmp_path, 
     assert "## Promotion during the search" in report.read_text()
 
 
-def test_promotion_hypervolume_is_the_dominated_area():
-    from benchmarks.promotion import hypervolume
+def test_hypervolume_is_the_dominated_area():
+    from benchmarks.render import hypervolume
+
+    def recs(*pts):
+        return [{"judged": q, "macs_ratio": m} for q, m in pts]
 
     # rectangles (3-1)x(0.35-0.1) and (3-2)x(0.35-0.05) overlap in (3-2)x(0.35-0.1); the last point is beyond ref
-    assert hypervolume([(1, 0.1), (2, 0.05), (4, 0.01)], (3, 0.35)) == pytest.approx(0.5 + 0.3 - 0.25)
-    assert hypervolume([(4, 0.01)], (3, 0.35)) == 0.0
+    assert hypervolume(recs((1, 0.1), (2, 0.05), (4, 0.01)), "judged", (3, 0.35)) == pytest.approx(0.5 + 0.3 - 0.25)
+    assert hypervolume(recs((4, 0.01), (math.inf, 0.01)), "judged", (3, 0.35)) == 0.0

@@ -417,6 +417,16 @@ def test_evaluation_cache_prevents_re_evaluation(small_config, tmp_path, monkeyp
     assert len(tasks) == 4 and len((tmp_path / "evaluations.jsonl").read_text().splitlines()) == 4
 
 
+def test_a_controlnet_reuse_plan_is_refused_by_a_model_without_controlnet(small_config):
+    from dataclasses import replace
+
+    from flexnas.errors import FlexnasError
+
+    loaded = CandidateEvaluator.get(small_config, 1).loaded
+    with pytest.raises(FlexnasError, match="has no ControlNet"):
+        loaded.latents(replace(Plan.deepcache("DDIMScheduler", 10, 2, 0), controlnet_reuse=True), n=1)
+
+
 def test_ga_problem_constraint(small_config, tmp_path):
     cfg = SearchConfig(**{**small_config.__dict__, "algorithm": "ga", "macs_budget": 0.5})
     ev = CandidateEvaluator.get(cfg, 1)
@@ -569,6 +579,8 @@ def test_promotion_rescores_the_population_front_and_the_search_uses_it(tmp_path
         feats = ev.store.features(Plan.from_dict(records[key]["plan"]), 16)
         assert p["fid_to_real"] == pytest.approx(fid(statistics(feats), {"mu": real.mu, "sigma": real.sigma}), abs=1e-5)
         assert p["score"] == pytest.approx(p["fid_to_real"] + p["shift"])
+        cost = [ev.store.cost(Plan.from_dict(records[key]["plan"]), n)["calls"] for n in (8, 16)]
+        assert p["calls"] in (0, cost[1] - cost[0])  # the images beyond the screening ones, when newly sampled
     shift = np.mean([records[k]["fid_to_real"] - p["fid_to_real"] for k, p in promoted.items()])
     assert all(p["shift"] == pytest.approx(shift) for p in promoted.values())
     assert shift > 0  # FID on 8 images is biased upward against FID on 16
@@ -581,6 +593,19 @@ def test_promotion_rescores_the_population_front_and_the_search_uses_it(tmp_path
     summary = json.loads((out / "summary.json").read_text())
     assert summary["denoiser_calls_made"] == (sum(r["calls"] for r in records.values())
                                               + sum(p["calls"] for p in promoted.values()))
+
+
+def test_promoted_ga_keeps_its_best_by_the_promoted_score(tmp_path):
+    out = tmp_path / "ga"
+    assert cli(search_argv(out, "--algorithm", "ga", "--macs-budget", "0.5", "--goal", "quality", "--objective",
+                           "fid_to_real", "--promote-every", "1", "--promote-images", "16", "--gens", "3")) == 0
+    algorithm = load_checkpoint(out / "checkpoint.pkl")
+    problem = algorithm.problem
+    assert problem.promoted
+    score = {r["key"]: problem.score(r["key"], r) for r in evaluations_of(out) if r["macs_ratio"] <= 0.5}
+    in_pop = {k for k in problem.keys(algorithm.pop.get("X")) if k in score}
+    best = problem.keys(algorithm.opt.get("X"))[0]
+    assert score[best] == min(score[k] for k in in_pop)  # pymoo's own GA survival ranked the promoted scores
 
 
 def test_promoted_run_resumes_to_the_uninterrupted_front(tmp_path):
@@ -619,6 +644,7 @@ def assert_one_error_line(capsys) -> str:
     (["--rescore-images", "4"], "--rescore-images"),
     (["--promote-images", "4", "--promote-every", "1"], "--promote-images"),
     (["--promote-every", "-1"], "--promote-every"),
+    (["--promote-images", "16"], "needs --promote-every"),
     (["--scheduler", "PNDMScheduler", "--null-mode", "drop"], "cannot drop timesteps"),
     (["--dask", "foo://bar"], "cannot reach the Dask scheduler"),
     (["--segments", "3"], "do not divide T=10"),

@@ -22,6 +22,7 @@ from flexnas.errors import FlexnasError  # noqa: E402
 # upper bounds checked before any work: beyond them memory or time runs out long before a result
 LIMITS = {"images": (50_000, "torch-fidelity's own FID protocol uses 50,000"),
           "rescore_images": (50_000, "torch-fidelity's own FID protocol uses 50,000"),
+          "promote_images": (50_000, "torch-fidelity's own FID protocol uses 50,000"),
           "wall_images": (10_000, "a wall-clock measurement needs a few batches"),
           "grid_images": (1_024, "a grid image of more is unreadable"),
           "pop": (10_000, "each generation evaluates the whole population"),

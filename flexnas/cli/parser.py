@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "1000 for fashion-mnist; 0: off)")
     sp.add_argument("--promote-every", type=int, default=0, metavar="K",
                     help="every K generations, score the population's non-dominated plans on --promote-images and "
-                         "let them compete with that score (default 0: off; see README 'Multi-fidelity')")
+                         "let them compete with that score (default 0: off; see README 'Search options')")
     sp.add_argument("--promote-images", type=int, default=None, help="images a promotion scores on (default: 4x --images)")
     sp.add_argument("--paper-space", action="store_true",
                     help="the paper's space: every segment runs a FULL step (no skipped segments)")

@@ -153,6 +153,9 @@ class LoadedModel:
         if n < 1:
             raise FlexnasError(f"number of images must be at least 1, got {n}")
         plan = plan or p.teacher_plan()
+        if plan.controlnet_reuse and self.controlnet is None:
+            raise FlexnasError(f"the plan reuses ControlNet residuals (controlnet_reuse) but problem {p.name} has "
+                               "no ControlNet: drop the field from the plan")
         if start % p.batch_size:
             raise FlexnasError(f"start {start} is not a multiple of the batch size {p.batch_size}")
         if p.inputs is not None:

@@ -13,7 +13,6 @@ import numpy as np
 from flexnas.metrics.measures import GROUND_TRUTH, MEASURES
 from flexnas.plan.plan import Plan
 from flexnas.report.plots import plan_family, plot_pareto, save_grid, side_by_side
-from flexnas.search.problem import genome_key
 
 BASE_FIELDS = ("key", "generation", "family", "N", "strip", "macs", "macs_ratio")
 # what varies from run to run (timings, calls made, and the generation of a record evaluated again after a
@@ -53,7 +52,7 @@ def front_records(res, problem) -> list[dict]:
     """Records of the algorithm's final optimum (NSGA-II front, GA best), by MACs ratio; a promoted plan's
     record carries its ``promoted_`` score."""
     opt = res.algorithm.opt
-    keys = list(dict.fromkeys(genome_key(problem.space.canonical(x)) for x in opt.get("X")))
+    keys = list(dict.fromkeys(problem.keys(opt.get("X"))))
     obj = problem.config.objective
     recs = []
     for key, r in zip(keys, problem.records(keys)):

@@ -36,6 +36,10 @@ def check_runnable(evaluator: Evaluator, config: SearchConfig) -> None:
     check_measure(config.objective, real)
     if config.rescore_images is None:
         config.rescore_images = problem.rescore_images if problem.rescore_images > evaluator.n else 0
+    for flag, more in (("--rescore-images", config.rescore_images), ("--promote-images", config.promote_images)):
+        if more and more <= evaluator.n:
+            raise FlexnasError(f"{flag} {more} must exceed the {evaluator.n} screening images (--images): "
+                               "it scores on more images")
     sch = evaluator.loaded.scheduler
     if problem.null_mode == "drop" and not can_drop(sch):
         raise FlexnasError(f"{type(sch).__name__} cannot drop timesteps: pass --null-mode reuse")

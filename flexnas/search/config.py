@@ -42,15 +42,11 @@ class SearchConfig:
             raise FlexnasError(f"--goal must be one of {GOALS}, got {self.goal!r}")
         if self.objective is not None and self.objective not in MEASURES:
             raise FlexnasError(f"--objective must be one of {tuple(MEASURES)}, got {self.objective!r}")
-        if self.rescore_images and self.rescore_images <= max(1, self.images or 0):
-            raise FlexnasError(f"--rescore-images {self.rescore_images} must exceed the screening --images "
-                               f"({self.images}): re-scoring is on more images")
         if self.promote_every < 0:
             raise FlexnasError(f"--promote-every must be 0 (never) or a number of generations, "
                                f"got {self.promote_every}")
-        if self.promote_images is not None and self.promote_images <= max(1, self.images or 0):
-            raise FlexnasError(f"--promote-images {self.promote_images} must exceed the screening --images "
-                               f"({self.images}): promotion scores on more images")
+        if self.promote_images is not None and not self.promote_every:
+            raise FlexnasError("--promote-images needs --promote-every K (how often to promote)")
         if self.pop < 2:
             raise FlexnasError(f"--pop must be at least 2, got {self.pop}")
         if self.gens < 1:

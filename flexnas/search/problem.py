@@ -39,7 +39,6 @@ class GenomeProblem(Problem):
         self.generation = 1
         self.requested_total = 0  # evaluations pymoo asked for (cache hits included)
         self.naive_total = 0  # denoiser calls those would cost without cache and prefix reuse
-        self.promoted: dict[str, dict[str, Any]] = {}  # genome key -> its score on more images (search.promotion)
         self.attach()
 
     def attach(self, runner: Any = None, threads: int | None = None) -> None:
@@ -47,6 +46,12 @@ class GenomeProblem(Problem):
         self.runner, self.progress = runner, None
         self.task = EvalTask(self.config, self.space, threads=1 if runner is not None else threads)
         self.cache = EvalCache(self.run_dir / "evaluations.jsonl")
+        if not hasattr(self, "promoted"):  # a new run, or a checkpoint from before promotion existed
+            self.promoted: dict[str, dict[str, Any]] = {}  # genome key -> its score on more images (search.promotion)
+
+    def keys(self, X) -> list[str]:
+        """Canonical genome keys of a matrix of genomes (what the evaluation records are filed under)."""
+        return [genome_key(self.space.canonical(x)) for x in np.asarray(X, dtype=int)]
 
     def records(self, keys: list[str]) -> list[dict[str, Any]]:
         """The evaluation records of canonical genome keys, evaluating the unknown ones (also those lost
@@ -77,8 +82,7 @@ class GenomeProblem(Problem):
         return v if math.isfinite(v) else INF_SCORE
 
     def _evaluate(self, X, out, *args, **kwargs):
-        X = np.asarray(X, dtype=int)
-        keys = [genome_key(self.space.canonical(x)) for x in X]
+        keys = self.keys(X)
         recs = self.records(keys)
         self.requested_total += len(keys)
         self.naive_total += sum(r["naive_calls"] for r in recs)

@@ -5,7 +5,7 @@ Screening on few images is noisy, and the plans a search keeps are those whose n
 (objective, MACs ratio) are scored on ``promote_images`` images and compete from then on with
 that score, put back on the screening scale by the mean shift the promoted plans showed (FID is
 biased upward on few images; paired distances are not): lucky plans fall back, and the search
-spends its next generations around plans that stay good. docs/DESIGN.md, section 6;
+spends its next generations around plans that stay good. docs/DESIGN.md, section 5;
 ``benchmarks/promotion.py`` measures whether it finds better plans than re-scoring only at the end.
 """
 
@@ -18,7 +18,7 @@ from pymoo.core.callback import Callback
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
 from flexnas.search.candidates import CandidateEvaluator
-from flexnas.search.problem import genome_key
+from flexnas.search.problem import INF_SCORE
 
 
 class Promotion(Callback):
@@ -32,28 +32,34 @@ class Promotion(Callback):
         if algorithm.n_gen % self.every:
             return
         problem, pop = algorithm.problem, algorithm.pop
-        obj = problem.config.objective
-        keys = [genome_key(problem.space.canonical(x)) for x in pop.get("X")]
-        recs = [problem.cache.records[k] for k in keys]  # every member was evaluated
+        obj, keys = problem.config.objective, problem.keys(pop.get("X"))
+        recs = problem.records(keys)  # known, unless a resume lost them from evaluations.jsonl
         F = np.array([[problem.score(k, r), r["macs_ratio"]] for k, r in zip(keys, recs)])
-        feasible = np.flatnonzero(pop.get("CV")[:, 0] <= 0)
-        if not len(feasible):
+        ok = np.flatnonzero((pop.get("CV")[:, 0] <= 0) & (F[:, 0] < INF_SCORE))  # feasible, not diverged
+        if not len(ok):
             return
-        front = feasible[NonDominatedSorting().do(F[feasible], only_non_dominated_front=True)]
         cand = CandidateEvaluator.get(problem.config)
+        screen = cand.evaluator.n
         hi = {}
-        for i in front:
+        for i in ok[NonDominatedSorting().do(F[ok], only_non_dominated_front=True)]:
             plan = problem.space.decode(pop[i].X)
-            hi[keys[i]] = (recs[i].get(obj, math.inf), cand.evaluate(plan, n=self.images, measures=[obj]))
-        finite = [(lo, h[obj]) for lo, h in hi.values() if math.isfinite(lo) and math.isfinite(h[obj])]
-        shift = float(np.mean([lo - h for lo, h in finite])) if finite else 0.0
+            h = cand.evaluate(plan, n=self.images, measures=[obj])
+            if h["calls"]:  # newly sampled: the images beyond the screening ones
+                h["calls"] -= cand.store.cost(plan, screen)["calls"]
+                problem.naive_total += len(plan.active_indices()) * (len(cand.loaded.batches(self.images))
+                                                                     - len(cand.loaded.batches(screen)))
+            hi[keys[i]] = (recs[i][obj], h)
+        finite = [lo - h[obj] for lo, h in hi.values() if math.isfinite(h[obj])]
+        shift = float(np.mean(finite)) if finite else 0.0
         for key, (_, h) in hi.items():
+            calls = problem.promoted.get(key, {}).get("calls", 0) + h["calls"]
             problem.promoted[key] = {"generation": algorithm.n_gen, "images": self.images, obj: h[obj],
-                                     "shift": shift, "score": h[obj] + shift, "calls": h["calls"]}
+                                     "shift": shift, "score": h[obj] + shift, "calls": calls}
         for ind, key in zip(pop, keys):
             if key in problem.promoted:
                 F_ = ind.F.copy()
                 F_[0] = problem.score(key, None)
                 ind.F = F_
-        algorithm.pop = algorithm.survival.do(problem, pop, n_survive=len(pop), algorithm=algorithm)
+        algorithm.pop = algorithm.survival.do(problem, pop, n_survive=len(pop), algorithm=algorithm,
+                                              random_state=algorithm.random_state)
         algorithm._set_optimum()
