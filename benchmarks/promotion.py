@@ -1,6 +1,6 @@
 """Promotion during the search vs re-scoring only at the end (issue: multi-fidelity search).
 
-    python -m benchmarks.promotion [--seeds 0,1] [--judge-images 512] [--quick]
+    python -m benchmarks.promotion [--seeds 0,1] [--judge-images 256] [--quick]
 
 Arms, each the benchmark's quality search (NSGA-II, population 12, FID to real on 64 images,
 MACs ratio <= 0.35) at every seed:
@@ -105,7 +105,7 @@ def render(out: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     def options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--seeds", default="0,1")
-        p.add_argument("--judge-images", type=int, default=512)
+        p.add_argument("--judge-images", type=int, default=256)  # ranks plans as 2,000 do (REPORT, objective study)
         p.add_argument("--quick", action="store_true", help="tiny settings (numbers mean nothing)")
 
     args = parse(__doc__, argv, options)
