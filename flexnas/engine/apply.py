@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from flexnas.engine.controller import PlanController
-from flexnas.engine.controlnet import ControlNetHook
+from flexnas.engine.controlnet import ControlNetHook, check_controlnet_reuse
 from flexnas.errors import FlexnasError
 from flexnas.plan.plan import Plan
 
@@ -33,9 +33,7 @@ def apply(pipeline: Any, plan: Plan | str, *, forward: Callable | None = None) -
         raise FlexnasError(f"{type(pipeline).__name__} has no 'unet' and 'scheduler': flexnas applies plans to "
                            "diffusers pipelines whose denoiser is a UNet2DModel or UNet2DConditionModel")
     net = getattr(pipeline, "controlnet", None)
-    if plan.controlnet_reuse and net is None:
-        raise FlexnasError(f"the plan reuses ControlNet residuals (controlnet_reuse) but {type(pipeline).__name__} "
-                           "has no ControlNet: drop the field from the plan")
+    check_controlnet_reuse(plan, net, type(pipeline).__name__)
     ctl = PlanController(unet, scheduler, plan, forward=forward)
     if net is not None:
         ctl.controlnet = ControlNetHook(ctl, reuse_on_partial=plan.controlnet_reuse)

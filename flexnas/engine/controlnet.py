@@ -15,7 +15,15 @@ from typing import Any
 import torch
 from diffusers.hooks import ModelHook
 
-from flexnas.plan.plan import StepKind
+from flexnas.errors import FlexnasError
+from flexnas.plan.plan import Plan, StepKind
+
+
+def check_controlnet_reuse(plan: Plan, controlnet: Any, owner: str) -> None:
+    """A plan that reuses ControlNet residuals needs a ControlNet: refuse it on ``owner`` (one line) otherwise."""
+    if plan.controlnet_reuse and controlnet is None:
+        raise FlexnasError(f"the plan reuses ControlNet residuals (controlnet_reuse) but {owner} has no ControlNet: "
+                           "drop the field from the plan")
 
 
 class ControlNetHook(ModelHook):

@@ -9,6 +9,7 @@ import torch
 from flexnas.engine.apply import apply
 from flexnas.engine.compiled import compile_by_default, compiled_forward
 from flexnas.engine.controller import PlanController
+from flexnas.engine.controlnet import check_controlnet_reuse
 from flexnas.engine.partial import PartialUNet, list_branches
 from flexnas.engine.sampler import Conditioning, initial_noise, sample, to_images
 from flexnas.engine.steps import StepCounter, is_ddim
@@ -153,9 +154,7 @@ class LoadedModel:
         if n < 1:
             raise FlexnasError(f"number of images must be at least 1, got {n}")
         plan = plan or p.teacher_plan()
-        if plan.controlnet_reuse and self.controlnet is None:
-            raise FlexnasError(f"the plan reuses ControlNet residuals (controlnet_reuse) but problem {p.name} has "
-                               "no ControlNet: drop the field from the plan")
+        check_controlnet_reuse(plan, self.controlnet, f"problem {p.name}")
         if start % p.batch_size:
             raise FlexnasError(f"start {start} is not a multiple of the batch size {p.batch_size}")
         if p.inputs is not None:
