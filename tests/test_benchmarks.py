@@ -86,6 +86,19 @@ def test_fronts_are_rescored_where_they_can_beat_a_baseline():
     assert can_matter(front[:1], base, "paired", 64) == front[:1]
 
 
+def test_cover_picks_the_fewest_plans_that_beat_the_most_baselines():
+    from benchmarks.compare import cover
+
+    base = [{"images": 64, "macs_ratio": m, "paired": p} for m, p in [(0.3, 1.5), (0.25, 1.6), (0.1, 2.0), (0.1, 9.0)]]
+    front = [{"macs_ratio": 0.2, "paired": 1.4},  # beats the first two
+             {"macs_ratio": 0.09, "paired": 1.45},  # beats all four
+             {"macs_ratio": 0.05, "paired": 8.0}]  # beats the last only
+    assert cover(front, base, "paired", 64, 3) == [front[1]]  # nothing left to beat after the first
+    assert cover(front[::2], base, "paired", 64, 1) == [front[0]]
+    assert cover(front[::2], base, "paired", 64, 2) == [front[0], front[2]]
+    assert cover(front, base, "paired", 256, 2) == []  # no baseline on those images
+
+
 def test_promotion_benchmark_runs_every_arm_and_judges_on_other_noise(tmp_path, monkeypatch):
     from benchmarks import promotion
 

@@ -162,9 +162,9 @@ class Evaluator:
             return math.nan
         return self.clip.score(self.loaded.decode(latents), self.loaded.prompts(0, len(latents)))
 
-    def wall(self, plan: Plan | None, images: int = 16, repeats: int = 3) -> float:
+    def wall(self, plan: Plan | None, images: int = 16, repeats: int = 3, warmup: int = 1) -> float:
         """Median seconds to generate ``images`` images under ``plan`` (None = teacher)."""
-        return measure_wall(lambda: self.loaded.latents(plan, n=images), repeats=repeats)
+        return measure_wall(lambda: self.loaded.latents(plan, n=images), repeats=repeats, warmup=warmup)
 
     def teacher_wall(self, images: int = 16, repeats: int = 3) -> float:
         if images not in self._teacher_wall:
