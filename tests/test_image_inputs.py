@@ -1,5 +1,6 @@
-"""Problems with image inputs: image-to-image (``--input-images``, ``--strength``) and ControlNet
-(``--control-images``) pipelines, searched through their own stock call (tiny, offline)."""
+"""Problems with image inputs: image-to-image (``--input-images``, ``--strength``), inpainting (also
+``--mask-images``) and ControlNet (``--control-images``) pipelines, searched through their own stock
+call (tiny, offline)."""
 
 from __future__ import annotations
 
@@ -26,16 +27,23 @@ pytestmark = pytest.mark.usefixtures("offline")
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory, tiny_sd_folder):
-    """Saved tiny image-to-image and ControlNet pipelines (and that ControlNet alone), a folder of init
-    images (not at the model's size: they are resized), one of control images, and a prompt file."""
-    from diffusers import StableDiffusionControlNetPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+    """Saved tiny image-to-image, inpainting (9-channel U-Net) and ControlNet pipelines (and that
+    ControlNet alone), a folder of init images (not at the model's size: they are resized), one of
+    masks (white: repaint), one of control images, and a prompt file."""
+    from diffusers import (StableDiffusionControlNetPipeline, StableDiffusionImg2ImgPipeline,
+                           StableDiffusionInpaintPipeline, StableDiffusionPipeline, UNet2DConditionModel)
 
     root = tmp_path_factory.mktemp("image-inputs")
     sd = StableDiffusionPipeline.from_pretrained(tiny_sd_folder, local_files_only=True)
     StableDiffusionImg2ImgPipeline(**sd.components).save_pretrained(root / "img2img")
-    index = json.loads((root / "img2img" / "model_index.json").read_text())  # the class is all the check reads
-    (root / "inpaint").mkdir()
-    (root / "inpaint" / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionInpaintPipeline"}))
+    torch.manual_seed(1)
+    unet9 = UNet2DConditionModel.from_config({**sd.unet.config, "in_channels": 9})
+    StableDiffusionInpaintPipeline(**{**sd.components, "unet": unet9}).save_pretrained(root / "inpaint")
+    (root / "masks").mkdir()
+    for i, box in enumerate([(4, 4, 12, 12), (0, 8, 16, 16)]):
+        mask = np.zeros((16, 16, 3), dtype=np.uint8)
+        mask[box[1]:box[3], box[0]:box[2]] = 255
+        Image.fromarray(mask).save(root / "masks" / f"{i}.png")
     net = tiny_controlnet(sd.unet)
     net.save_pretrained(root / "controlnet-alone")
     StableDiffusionControlNetPipeline(**sd.components, controlnet=net).save_pretrained(root / "controlnet")
@@ -55,6 +63,7 @@ def images_of(folder, n, size=(16, 16)):
 
 def problem(folders, which, **kw):
     inputs = {"img2img": dict(input_images=str(folders / "inits"), strength=0.6),
+              "inpaint": dict(input_images=str(folders / "inits"), mask_images=str(folders / "masks")),
               "controlnet": dict(control_images=str(folders / "controls"))}[which]
     return get_problem(str(folders / which), scheduler="DDIMScheduler", T=10, num_images=4, batch_size=2,
                        guidance_scale=3.0, prompts=str(folders / "prompts.txt"), **{**inputs, **kw})
@@ -71,8 +80,10 @@ def stock(folders, which, batch: int, plan: Plan | None = None):
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     prompts = [PROMPTS[i % 2] for i in range(2 * batch, 2 * batch + 2)]
-    kw = ({"image": images_of(folders / "inits", 2 * batch + 2)[2 * batch:], "strength": 0.6} if which == "img2img"
-          else {"image": images_of(folders / "controls", 2 * batch + 2)[2 * batch:]})
+    mine = lambda folder: images_of(folders / folder, 2 * batch + 2)[2 * batch:]  # noqa: E731
+    kw = {"img2img": lambda: {"image": mine("inits"), "strength": 0.6},
+          "inpaint": lambda: {"image": mine("inits"), "mask_image": mine("masks")},  # the stock strength, 1.0
+          "controlnet": lambda: {"image": mine("controls")}}[which]()
     call = lambda: pipe(prompts, **kw, num_inference_steps=10, guidance_scale=3.0, output_type="latent",  # noqa: E731
                         generator=torch.Generator("cpu").manual_seed(batch)).images
     if plan is None:
@@ -81,7 +92,7 @@ def stock(folders, which, batch: int, plan: Plan | None = None):
         return call()
 
 
-@pytest.mark.parametrize("which", ["img2img", "controlnet"])
+@pytest.mark.parametrize("which", ["img2img", "inpaint", "controlnet"])
 def test_teacher_and_plans_are_the_stock_call(folders, which):
     """The teacher plan gives the stock pipeline's latents exactly, and a DeepCache plan the stock
     pipeline's under flexnas.apply, for every batch (each with its own seed)."""
@@ -122,6 +133,23 @@ def test_img2img_null_modes_agree(folders):
     assert (out["drop"] - out["reuse"]).abs().max() <= 1e-4
 
 
+def test_inpainting_macs_and_identity(folders):
+    """The 9-channel U-Net is counted on its own input (latents, mask, masked image) and the decode on
+    the 4 channels it denoises; the masks are part of the evaluation identity."""
+    from flexnas.metrics.macs import count_decode, count_unet
+
+    loaded = problem(folders, "inpaint").load()
+    assert loaded.sample_shape[0] == 9 and loaded.problem.inputs.strength == 1.0
+    macs = Evaluator(loaded, images=2, extractor=EXTRACTOR).macs
+    kw = loaded.conditioning(0, 1)
+    kw.guidance_scale = 1.0
+    assert macs.full == count_unet(loaded.unet, loaded.sample_shape, kw.unet_kwargs())[0]
+    assert macs.decode == count_decode(loaded.vae, (4, *loaded.sample_shape[1:]))
+    a = Evaluator(problem(folders, "inpaint"), images=2, extractor=EXTRACTOR)
+    b = Evaluator(problem(folders, "inpaint", mask_images=str(folders / "controls")), images=2, extractor=EXTRACTOR)
+    assert a.identity() != b.identity()
+
+
 def test_controlnet_macs_are_counted_and_identity_covers_it(folders):
     loaded = problem(folders, "controlnet").load()
     macs = Evaluator(loaded, images=2, extractor=EXTRACTOR).macs
@@ -155,10 +183,11 @@ def test_inputs_are_part_of_the_evaluation_identity(folders, tmp_path):
     assert a.identity() != b.identity()
 
 
-@pytest.mark.parametrize("which", ["img2img", "controlnet"])
+@pytest.mark.parametrize("which", ["img2img", "inpaint", "controlnet"])
 def test_search_from_the_cli(folders, tmp_path, capsys, which):
     out = tmp_path / "run"
     inputs = {"img2img": ["--input-images", str(folders / "inits"), "--strength", "0.6"],
+              "inpaint": ["--input-images", str(folders / "inits"), "--mask-images", str(folders / "masks")],
               "controlnet": ["--control-images", str(folders / "controls")]}[which]
     rc, stdout, err = run_cli(capsys, "search", "--model", str(folders / which), *inputs, "--scheduler", "DDIMScheduler",
                           "--steps", "10", "--images", "4", "--batch-size", "2", "--pop", "4", "--gens", "2",
@@ -168,8 +197,9 @@ def test_search_from_the_cli(folders, tmp_path, capsys, which):
     records = json.loads((out / "candidates.json").read_text())
     assert len(records) >= 4 and all(0 < r["macs_ratio"] <= 1 for r in records)
     overrides = json.loads((out / "run.json").read_text())["config"]["overrides"]
-    key = "input_images" if which == "img2img" else "control_images"
-    assert overrides[key] == str((folders / ("inits" if which == "img2img" else "controls")).resolve())
+    for key, folder in {"img2img": [("input_images", "inits")], "inpaint": [("input_images", "inits"),
+                        ("mask_images", "masks")], "controlnet": [("control_images", "controls")]}[which]:
+        assert overrides[key] == str((folders / folder).resolve())
 
 
 @pytest.mark.parametrize("which, extra, message", [
@@ -181,7 +211,9 @@ def test_search_from_the_cli(folders, tmp_path, capsys, which):
     ("controlnet", ["--input-images", "INITS"], "is not an image-to-image pipeline"),
     ("img2img", ["--input-images", "INITS", "--control-images", "INITS"], "has no ControlNet"),
     ("controlnet", ["--control-images", "INITS", "--controlnet", "INITS"], "--controlnet adds a ControlNet to"),
-    ("inpaint", ["--input-images", "INITS"], "needs masks, which flexnas search does not take yet"),
+    ("inpaint", ["--input-images", "INITS"], "inpaints: give --mask-images FOLDER"),
+    ("img2img", ["--input-images", "INITS", "--mask-images", "INITS"], "is not an inpainting pipeline"),
+    ("inpaint", ["--mask-images", "INITS"], "--mask-images applies to image-to-image and inpainting"),
 ])
 def test_bad_inputs_are_one_line(folders, tmp_path, capsys, which, extra, message):
     (tmp_path / "empty").mkdir()

@@ -13,7 +13,7 @@ from flexnas.errors import FlexnasError, writable_folder
 MODEL_OVERRIDES = {"scheduler": "scheduler", "base_steps": "T", "guidance": "guidance_scale", "prompts": "prompts",
                    "resolution": "resolution", "device": "device", "dtype": "dtype", "batch_size": "batch_size",
                    "compile": "compile", "input_images": "input_images", "strength": "strength",
-                   "control_images": "control_images", "controlnet": "controlnet"}
+                   "control_images": "control_images", "controlnet": "controlnet", "mask_images": "mask_images"}
 
 
 def problem_spec(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
@@ -36,7 +36,7 @@ def problem_spec(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         value = getattr(args, opt, None)
         if value is not None:
             overrides[key] = value
-    for key in ("prompts", "input_images", "control_images", "controlnet"):  # absolute: run.json, workers
+    for key in ("prompts", "input_images", "control_images", "mask_images", "controlnet"):  # absolute: run.json, workers
         if key in overrides and (key != "controlnet" or Path(overrides[key]).expanduser().is_dir()):
             overrides[key] = str(Path(overrides[key]).expanduser().resolve())
     for key in ("T", "resolution", "batch_size"):

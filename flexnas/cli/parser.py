@@ -35,7 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--input-images", default=None, metavar="FOLDER",
                        help="init images of an image-to-image pipeline (image i: the i-th file mod their number)")
         g.add_argument("--strength", type=float, default=None,
-                       help="image-to-image strength in (0, 1]: the share of the base schedule that runs (default 0.8)")
+                       help="image-to-image strength in (0, 1]: the share of the base schedule that runs (default 0.8; "
+                            "inpainting 1.0)")
+        g.add_argument("--mask-images", default=None, metavar="FOLDER",
+                       help="masks of an inpainting pipeline, white where it repaints (mask i: the i-th file mod their "
+                            "number)")
         g.add_argument("--control-images", default=None, metavar="FOLDER",
                        help="conditioning images of a ControlNet pipeline")
         g.add_argument("--controlnet", default=None, metavar="PATH_OR_ID",

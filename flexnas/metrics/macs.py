@@ -203,7 +203,11 @@ class MacCounter:
             if d is None:
                 full, partial = count_unet(loaded.unet, loaded.sample_shape, kwargs)
                 d = {"key": key, "full": full, "partial": partial}
-            d["decode"] = count_decode(vae, loaded.sample_shape) if vae is not None else None
+            if vae is not None:  # an inpainting U-Net takes more channels (mask, masked image) than it denoises
+                channels = getattr(vae.config, "latent_channels", loaded.sample_shape[0])
+                d["decode"] = count_decode(vae, (channels, *loaded.sample_shape[1:]))
+            else:
+                d["decode"] = None
             if net is not None:  # its conditioning image has the output's pixel size
                 pixels = tuple(s * loaded.vae_scale for s in loaded.sample_shape[1:])
                 d["controlnet"] = count_controlnet(net, loaded.sample_shape, (3, *pixels), kwargs)

@@ -98,11 +98,13 @@ def problem_from_pretrained(model: str, *, name: str | None = None, scheduler: s
                             guidance_scale: float | None = None, prompts: str | Path | list[str] | None = None,
                             null_mode: str | None = None, input_images: str | Path | None = None,
                             strength: float | None = None, control_images: str | Path | None = None,
-                            controlnet: str | None = None, **fields: Any) -> Problem:
+                            controlnet: str | None = None, mask_images: str | Path | None = None,
+                            **fields: Any) -> Problem:
     """A ``Problem`` for the diffusers pipeline at ``model`` (local folder or hub id), defaults by layout.
 
     ``prompts`` is a prompt file (text or JSON) or a list of strings; image-to-image pipelines take
-    ``input_images`` (a folder) and ``strength``, ControlNet pipelines ``control_images`` (a folder),
+    ``input_images`` (a folder) and ``strength``, inpainting pipelines also ``mask_images`` (a folder),
+    ControlNet pipelines ``control_images`` (a folder),
     and are then sampled by their own call (``flexnas.models.inputs``); ``controlnet`` (a
     ``ControlNetModel`` folder or hub id) turns a Stable Diffusion (XL) pipeline into its ControlNet
     pipeline (``WITH_CONTROLNET``), as ``from_pretrained(model, controlnet=...)`` does. Other keyword arguments are
@@ -125,8 +127,8 @@ def problem_from_pretrained(model: str, *, name: str | None = None, scheduler: s
             raise FlexnasError(f"{model}: {pipe_cls} has a UNet2DConditionModel but no text_encoder/tokenizer; flexnas "
                                "conditions such U-Nets on prompts through the pipeline's encode_prompt")
         _check_encode_prompt(model, pipe_cls)
-    inputs = ImageInputs.from_folders(input_images, strength, control_images) \
-        if (input_images, strength, control_images) != (None, None, None) else None
+    folders = (input_images, strength, control_images, mask_images)
+    inputs = ImageInputs.from_folders(*folders) if folders != (None,) * 4 else None
     import diffusers
 
     cls = getattr(diffusers, pipe_cls, None)
