@@ -8,9 +8,11 @@ milliseconds per image-step at the problem's batch size, eager and under ``torch
 kind), with the largest difference between the two outputs. Then, for DeepCache-uniform
 plans at every branch, wall-clock speed-up over the teacher divided by MACs speed-up (the
 "realisation" of the MACs a plan saves). Then the rate a search evaluates plans at: the same
-random plans of the default space (one model load each way, 64 images per plan, no feature
-store), eager and with ``--compile``, with the compilation time counted apart and in total.
-Records the device; runs on a GPU when one is present.
+random plans of the default space (one model load each way, one batch of images per plan, no
+feature store), eager, with ``--compile``, and as one generation in lockstep (``--lockstep``:
+shared prefixes run once, the rest batched into shared U-Net calls; and sharing prefixes only),
+with the compilation time counted apart and in total. Records the device; runs on a GPU when
+one is present (``--device``).
 """
 
 from __future__ import annotations
@@ -66,17 +68,29 @@ def per_step(loaded, compiled: bool, repeats: int) -> dict[str, dict]:
     return out
 
 
-def plan_rate(compiled: bool, plans: list, images: int, overrides: dict) -> dict:
-    """Plans per minute over ``plans`` (after a first plan that pays for loading and compilation)."""
+def plan_rate(mode: str, plans: list, images: int, overrides: dict) -> dict:
+    """Plans per minute over ``plans`` (after a first plan that pays for loading and compilation):
+    one by one (``eager``, ``compiled``), or the rest as one generation (``lockstep``, ``prefixes``)."""
+    from flexnas.engine.steps import StepCounter
+    from flexnas.models.lockstep import latents_many
+
     t0 = time.perf_counter()
-    loaded = get_problem("fashion-mnist", compile=compiled, **overrides).load()
+    loaded = get_problem("fashion-mnist", compile=mode == "compiled", **overrides).load()
     loaded.latents(plans[0], n=images)  # compiles every kind the first plan uses
     warm = time.perf_counter() - t0
     t1 = time.perf_counter()
-    outs = [loaded.latents(p, n=images) for p in plans[1:]]
+    counters = [StepCounter() for _ in plans[1:]]
+    if mode in ("lockstep", "prefixes"):
+        outs = latents_many(loaded, plans[1:], n=images, counters=counters, batch=mode == "lockstep")
+    else:
+        outs = [loaded.latents(p, n=images, counter=c) for p, c in zip(plans[1:], counters)]
+    if loaded.device.type == "cuda":
+        torch.cuda.synchronize()
     rest = time.perf_counter() - t1
+    naive = sum(len(p.active_indices()) for p in plans[1:]) * len(loaded.batches(images))
     return {"plans_per_min": 60 * len(outs) / rest, "plans_per_min_total": 60 * len(plans) / (warm + rest),
-            "first_plan_s": warm, "latents": torch.cat(outs)}
+            "first_plan_s": warm, "calls_saved": 1 - sum(c.calls for c in counters) / naive,
+            "latents": torch.cat(outs).float().cpu()}
 
 
 def random_plans(loaded, count: int) -> list:
@@ -90,8 +104,8 @@ def random_plans(loaded, count: int) -> list:
     return [space.decode(space.random(rng)) for _ in range(count)]
 
 
-def run(quick: bool) -> dict:
-    overrides = {"T": 20, "batch_size": 8} if quick else {}
+def run(quick: bool, device: str, count: int) -> dict:
+    overrides = {"T": 20, "batch_size": 8, "device": device} if quick else {"device": device}
     loaded = get_problem("fashion-mnist", **overrides).load()
     repeats = 2 if quick else 10
     eager = per_step(loaded, False, repeats)
@@ -110,14 +124,15 @@ def run(quick: bool) -> dict:
         wall = measure_wall(lambda: loaded.latents(plan, n=images), repeats=1 if quick else 3)
         realisation.append({"plan": plan.meta["name"], "macs_speedup": 1 / macs.ratio(plan),
                             "wall_speedup": teacher / wall, "realisation": teacher / wall * macs.ratio(plan)})
-    plans = random_plans(loaded, 4 if quick else 17)
+    plans = random_plans(loaded, 4 if quick else count)
     n = loaded.problem.batch_size
-    rates = {mode: plan_rate(mode == "compiled", plans, n, overrides) for mode in ("eager", "compiled")}
-    diff = float((rates["eager"].pop("latents") - rates["compiled"].pop("latents")).abs().max())
+    rates = {mode: plan_rate(mode, plans, n, overrides) for mode in ("eager", "compiled", "lockstep", "prefixes")}
+    base = rates["eager"]["latents"]
+    diffs = {m: float((base - r.pop("latents")).abs().max()) for m, r in rates.items()}
     return {"machine": machine(), "device": str(loaded.device), "batch_size": loaded.problem.batch_size,
             "steps": rows, "compile_warmup_s": compiled["_warmup_s"], "eager_warmup_s": eager["_warmup_s"],
             "realisation": realisation, "images": images, "rates": rates, "rate_plans": len(plans),
-            "rate_images": n, "rate_max_abs_diff": diff}
+            "rate_images": n, "rate_max_abs_diff": diffs}
 
 
 def render(out: dict) -> str:
@@ -134,25 +149,32 @@ def render(out: dict) -> str:
               for r in out["realisation"]]
     r = out["rates"]
     lines += ["", f"Plan evaluation rate: {out['rate_plans']} random plans of the default space, {out['rate_images']} "
-              "images each, one model load per mode, no feature store (largest latent difference compiled vs eager "
-              f"{out['rate_max_abs_diff']:.1e}):", "",
-              "| mode | plans / min after the first | first plan (load + compile) s | plans / min in total |",
-              "|---|---|---|---|"]
-    lines += [f"| {m} | {v['plans_per_min']:.1f} | {v['first_plan_s']:.1f} | {v['plans_per_min_total']:.1f} |"
-              for m, v in r.items()]
+              "images each, one model load per mode, no feature store; lockstep samples all but the first plan as "
+              "one generation (shared prefixes run once, the rest batched per step kind), prefixes only shares "
+              "the prefixes (bit for bit one by one):", "",
+              "| mode | plans / min after the first | first plan (load + compile) s | plans / min in total | "
+              "calls saved | max abs diff to eager |", "|---|---|---|---|---|---|"]
+    lines += [f"| {m} | {v['plans_per_min']:.1f} | {v['first_plan_s']:.1f} | {v['plans_per_min_total']:.1f} | "
+              f"{v.get('calls_saved', 0):.1%} | {out['rate_max_abs_diff'][m]:.1e} |" for m, v in r.items()]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     def options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--quick", action="store_true")
+        p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
+        p.add_argument("--plans", type=int, default=None, help="random plans for the rate (default: 17 on CPU, "
+                       "65 on a GPU: a generation of 64 after the first)")
 
     args = parse(__doc__, argv, options)
 
     def go() -> int:
         from pathlib import Path
 
-        out = run(args.quick)
+        from flexnas.models.device import resolve_device
+
+        device = resolve_device(args.device)
+        out = run(args.quick, str(device), args.plans or (65 if device.type == "cuda" else 17))
         return publish("throughput", out, render(out), Path(args.results), Path(args.report))
 
     return report_errors(go, prog="throughput")

@@ -331,6 +331,24 @@ def test_workers_give_the_in_process_front(nsga_run, tmp_path):
         assert (out / name).read_bytes() == (nsga_run / name).read_bytes(), name
 
 
+def test_lockstep_search_in_process_and_on_workers(nsga_run, tmp_path):
+    """With --lockstep (a generation's candidates in shared U-Net calls, here on CPU), the search
+    evaluates the same genomes as one by one, with scores within float noise; Dask workers, each
+    given a batch of genomes, give the in-process lockstep front."""
+    runs = {}
+    for name, extra in (("in-process", []), ("workers", ["--workers", "2"])):
+        runs[name] = tmp_path / name
+        assert cli(search_argv(runs[name], "--lockstep", "--wall-images", "0", "--choose", "1", *extra)) == 0
+    mine, base = evaluated_of(runs["in-process"]), evaluated_of(nsga_run)
+    assert mine.keys() == base.keys()
+    for k in base:
+        assert mine[k][0] == base[k][0] and mine[k][3] == base[k][3]  # generation, MACs ratio
+        assert mine[k][1:3] == pytest.approx(base[k][1:3], rel=1e-4, abs=1e-4)
+    assert [g for g, *_ in front_of(runs["workers"])] == [g for g, *_ in front_of(runs["in-process"])]
+    summary = json.loads((runs["in-process"] / "run.json").read_text())
+    assert summary["config"]["overrides"]["lockstep"] is True
+
+
 def test_a_worker_killed_mid_evaluation_is_retried(nsga_run, tmp_path, monkeypatch):
     """SIGKILL one Dask worker process while it evaluates (a fresh feature store, so evaluations
     take real time): Dask reschedules its task, the nanny restarts it, the front is unchanged."""

@@ -12,7 +12,7 @@ from flexnas.errors import FlexnasError, writable_folder
 # CLI option -> problem override (Problem field or problem_from_pretrained argument)
 MODEL_OVERRIDES = {"scheduler": "scheduler", "base_steps": "T", "guidance": "guidance_scale", "prompts": "prompts",
                    "resolution": "resolution", "device": "device", "dtype": "dtype", "batch_size": "batch_size",
-                   "compile": "compile", "input_images": "input_images", "strength": "strength",
+                   "compile": "compile", "lockstep": "lockstep", "input_images": "input_images", "strength": "strength",
                    "control_images": "control_images", "controlnet": "controlnet", "mask_images": "mask_images"}
 
 

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                        help="torch.compile each step kind (default: on for CUDA, off on CPU, as measured in "
                             "benchmarks/REPORT.md)")
+        g.add_argument("--lockstep", action=argparse.BooleanOptionalAction, default=None,
+                       help="batch a search generation's candidates into shared U-Net calls (default: on for CUDA, "
+                            "off on CPU, as measured in benchmarks/REPORT.md)")
 
     sp = add("plan", "write a common plan as JSON (stdout, or --out)")
     problem_arg(sp, steps_flag=False)  # --steps here is the plain step-reduction plan

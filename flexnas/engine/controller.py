@@ -28,6 +28,33 @@ FULL_STEP = Step(StepKind.FULL)
 PATCHED = ("set_timesteps", "step", "set_begin_index")  # scheduler methods a controller may replace
 
 
+def ddim_step_to(scheduler: Any, step: Callable, nxt: int, base_next: int | None, model_output: torch.Tensor,
+                 timestep: Any, sample: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    """DDIM's own ``step`` from ``timestep`` to the timestep ``nxt`` (-1: the end), ``base_next`` being
+    the next timestep of the base schedule.
+
+    DDIM derives the previous timestep as ``t - num_train_timesteps // T``. Where the plan keeps
+    the base successor the step is the stock one; where it jumps, that index (or
+    ``final_alpha_cumprod`` past the end) holds the cumulative alpha of ``nxt`` for the duration
+    of the call.
+    """
+    if nxt == base_next:
+        return step(model_output, timestep, sample, *args, **kwargs)
+    s = scheduler
+    prev = int(timestep_key(timestep)) - s.config.num_train_timesteps // s.num_inference_steps
+    target = s.alphas_cumprod[nxt] if nxt >= 0 else s.final_alpha_cumprod
+    alphas, final = s.alphas_cumprod, s.final_alpha_cumprod
+    if prev >= 0:
+        s.alphas_cumprod = alphas.clone()
+        s.alphas_cumprod[prev] = target
+    else:
+        s.final_alpha_cumprod = target
+    try:
+        return step(model_output, timestep, sample, *args, **kwargs)
+    finally:
+        s.alphas_cumprod, s.final_alpha_cumprod = alphas, final
+
+
 class _ControlHook(ModelHook):
     def __init__(self, controller: "PlanController"):
         super().__init__()
@@ -117,14 +144,7 @@ class PlanController:
 
     def _ddim_step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args: Any,
                    **kwargs: Any) -> Any:
-        """DDIM's own step, told the real previous timestep where the plan dropped the ones between.
-
-        DDIM derives the previous timestep as ``t - num_train_timesteps // T``. Where the
-        plan keeps the base successor of ``t`` the step is the stock one; where it jumps, that
-        index (or ``final_alpha_cumprod`` past the end) holds the cumulative alpha of the next
-        kept timestep for the duration of the call.
-        """
-        s = self.scheduler
+        """DDIM's own step, told the real previous timestep where the plan dropped the ones between."""
         t = int(timestep_key(timestep))
         if t not in self._next_t:  # a dropped timestep: the latents stay, the kept step before jumped over it
             if not kwargs.get("return_dict", True):
@@ -132,21 +152,8 @@ class PlanController:
             from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 
             return DDIMSchedulerOutput(prev_sample=sample, pred_original_sample=None)
-        nxt = self._next_t[t]
-        if nxt == self._base_next.get(t):
-            return self._orig_step(model_output, timestep, sample, *args, **kwargs)
-        prev = t - s.config.num_train_timesteps // s.num_inference_steps
-        target = s.alphas_cumprod[nxt] if nxt >= 0 else s.final_alpha_cumprod
-        alphas, final = s.alphas_cumprod, s.final_alpha_cumprod
-        if prev >= 0:
-            s.alphas_cumprod = alphas.clone()
-            s.alphas_cumprod[prev] = target
-        else:
-            s.final_alpha_cumprod = target
-        try:
-            return self._orig_step(model_output, timestep, sample, *args, **kwargs)
-        finally:
-            s.alphas_cumprod, s.final_alpha_cumprod = alphas, final
+        return ddim_step_to(self.scheduler, self._orig_step, self._next_t[t], self._base_next.get(t),
+                            model_output, timestep, sample, *args, **kwargs)
 
     def _set_begin_index(self, begin_index: int = 0) -> None:
         """Pipelines that start inside the schedule (image-to-image) index the stock list of timesteps,

@@ -89,6 +89,8 @@ class Evaluator:
             extra["shape"] = list(self.loaded.sample_shape)
         if self.loaded.compiled:  # compiled kernels round differently (within 1e-5): their own images
             extra["compiled"] = True
+        if self.loaded.lockstep:  # so do candidates batched into one U-Net call
+            extra["lockstep"] = True
         if p.inputs is not None:
             extra["inputs"] = p.inputs.fingerprint()
         if p.prompts:

@@ -24,6 +24,7 @@ import torch
 from flexnas.engine.steps import StepCounter
 from flexnas.metrics.features import to_uint8_rgb
 from flexnas.models.loaded import LoadedModel
+from flexnas.models.lockstep import latents_many
 from flexnas.plan.plan import Plan, StepKind
 
 
@@ -82,10 +83,32 @@ class FeatureStore:
         counter = StepCounter()
         t0 = time.perf_counter()
         latents = self.loaded.latents(plan, n=stop, start=start, counter=counter, prefixes=self.prefixes)
+        return self._item(latents, time.perf_counter() - t0, counter)
+
+    def _item(self, latents: torch.Tensor, sample_s: float, counter: StepCounter) -> dict[str, Any]:
         t1 = time.perf_counter()
         feats = self.embed(latents)
-        return {"features": feats, "sample_s": np.float64(t1 - t0), "feature_s": np.float64(time.perf_counter() - t1),
+        return {"features": feats, "sample_s": np.float64(sample_s), "feature_s": np.float64(time.perf_counter() - t1),
                 "calls": np.int64(counter.calls)}
+
+    def fill(self, plans: list[Plan], n: int) -> None:
+        """Sample and store the batches of ``plans`` missing for ``n`` images, the plans of each batch
+        together in lockstep (``flexnas.models.lockstep``; a batch's seconds are split evenly among them)."""
+        for start, stop in self.loaded.batches(n):
+            todo: dict[str, Plan] = {}
+            for plan in plans:
+                key = plan_key(plan)
+                if key not in todo and self._load(key, start, stop) is None:
+                    todo[key] = plan
+            if not todo:
+                continue
+            counters = [StepCounter() for _ in todo]
+            t0 = time.perf_counter()
+            xs = latents_many(self.loaded, list(todo.values()), n=stop, start=start, counters=counters,
+                              prefixes=self.prefixes, batch=self.loaded.lockstep)
+            share = (time.perf_counter() - t0) / len(todo)
+            for key, x, counter in zip(todo, xs, counters):
+                self._save(key, start, stop, self._item(x, share, counter))
 
     @torch.no_grad()
     def embed(self, latents: torch.Tensor) -> np.ndarray:

@@ -17,6 +17,7 @@ from flexnas.errors import FlexnasError
 from flexnas.fingerprint import module_digest
 from flexnas.models.device import resolve_device, resolve_dtype
 from flexnas.models.inputs import ImageInputs
+from flexnas.models.lockstep import lockstep_default
 from flexnas.plan.plan import Plan, StepKind
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class LoadedModel:
         self.partial = PartialUNet(self.unet, keep=True)
         self.compiled = compile_by_default(self.device) if problem.compile is None else problem.compile
         self.forward = compiled_forward(self.unet, len(self.branches)) if self.compiled else None
+        self.lockstep = lockstep_default(self.device) if problem.lockstep is None else problem.lockstep
         cls = getattr(diffusers, problem.scheduler, None)
         if cls is None:
             raise FlexnasError(f"unknown scheduler {problem.scheduler!r}: name a diffusers scheduler class")

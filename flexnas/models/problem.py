@@ -47,6 +47,7 @@ class Problem:
     dtype: str | None = None  # fp32, fp16 or bf16 (None: as loaded)
     inputs: ImageInputs | None = None  # image-to-image / ControlNet inputs: the stock pipeline call samples
     compile: bool | None = None  # torch.compile the U-Net's step kinds (None: where benchmarks/REPORT.md found it faster)
+    lockstep: bool | None = None  # a generation's candidates batch into shared U-Net calls (None: on for CUDA)
 
     def load(self, device: str | None = None, dtype: str | None = None) -> "LoadedModel":
         """The pipeline in memory on ``device`` in ``dtype`` (defaults: the problem's own fields)."""

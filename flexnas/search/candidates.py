@@ -18,7 +18,7 @@ from flexnas.engine.steps import can_drop
 from flexnas.errors import FlexnasError
 from flexnas.metrics.evaluator import Evaluator
 from flexnas.metrics.measures import DEFAULT_MEASURE, MEASURES, available, check_measure, score
-from flexnas.metrics.store import PrefixStore
+from flexnas.metrics.store import PrefixStore, plan_key
 from flexnas.models.registry import get_problem
 from flexnas.plan.plan import Plan
 from flexnas.plan.space import SearchSpace
@@ -75,16 +75,18 @@ class CandidateEvaluator:
             _EVALUATORS[key] = cls(config)
         return _EVALUATORS[key]
 
-    def evaluate(self, plan: Plan, n: int | None = None, measures: list[str] | None = None) -> dict[str, Any]:
+    def evaluate(self, plan: Plan, n: int | None = None, measures: list[str] | None = None,
+                 sampled: tuple[bool, float] | None = None) -> dict[str, Any]:
         """Every measure of ``plan`` on its first ``n`` images (default: the search's), MACs and cost.
 
         Features come from the feature store: images already sampled (by this run, an earlier
-        one or the benchmark) are not sampled again, and more images extend fewer.
+        one or the benchmark) are not sampled again, and more images extend fewer. ``sampled``:
+        (whether this evaluation sampled them, its seconds) when ``evaluate_many`` already did.
         """
         n = self.evaluator.n if n is None else n
         names = measures or self.measures
-        t0 = time.perf_counter()
-        before = self.store.has(plan, n)
+        before, spent = (not sampled[0], sampled[1]) if sampled else (self.store.has(plan, n), 0.0)
+        t0 = time.perf_counter() - spent
         feats = self.store.features(plan, n)
         teacher = None
         if any(MEASURES[m].reference == "teacher" for m in names):
@@ -103,6 +105,24 @@ class CandidateEvaluator:
         return out
 
 
+    def evaluate_many(self, plans: list[Plan], n: int | None = None) -> list[dict[str, Any]]:
+        """``evaluate`` of each plan; with the problem's lockstep on, their missing images are first
+        sampled together (``FeatureStore.fill``), a generation's candidates in shared U-Net calls."""
+        n = self.evaluator.n if n is None else n
+        if not self.loaded.lockstep:
+            return [self.evaluate(p, n) for p in plans]
+        keys = [plan_key(p) for p in plans]
+        new = {k for k, p in zip(keys, plans) if not self.store.has(p, n)}
+        t0 = time.perf_counter()
+        self.store.fill(plans, n)
+        share = (time.perf_counter() - t0) / max(len(new), 1)
+        out = []
+        for k, p in zip(keys, plans):  # a plan twice over is sampled (and charged) once
+            out.append(self.evaluate(p, n, sampled=(k in new, share if k in new else 0.0)))
+            new.discard(k)
+        return out
+
+
 @dataclass
 class EvalTask:
     """Picklable unit of work for pymoo's runners: genome -> result dict."""
@@ -111,6 +131,14 @@ class EvalTask:
     space: SearchSpace
     threads: int | None = None
 
-    def __call__(self, x: np.ndarray) -> dict[str, Any]:
+    def lockstep(self) -> bool:
+        """Whether this process's problem samples a generation's candidates in shared U-Net calls."""
+        return CandidateEvaluator.get(self.config, self.threads).loaded.lockstep
+
+    def __call__(self, x: np.ndarray) -> dict[str, Any] | list[dict[str, Any]]:
+        """The record of genome ``x``, or the records of a batch of genomes (rows), sampled together."""
         ev = CandidateEvaluator.get(self.config, self.threads)
+        x = np.asarray(x)
+        if x.ndim == 2:
+            return ev.evaluate_many([self.space.decode(g) for g in x])
         return ev.evaluate(self.space.decode(x))

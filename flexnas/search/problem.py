@@ -61,8 +61,12 @@ class GenomeProblem(Problem):
         progress = self.progress
         if progress is not None:
             progress.start(len(set(keys)), len(set(keys)) - len(todo))
-        if self.runner is not None and genomes:
-            results = self.runner(self.task, genomes)
+        if self.runner is not None and genomes:  # one batch of genomes per worker, sampled together there
+            workers = len(self.runner.client.scheduler_info()["workers"]) or 1
+            parts = [np.stack(part) for part in np.array_split(np.stack(genomes), min(workers, len(genomes)))]
+            results = [r for part in self.runner(self.task, parts) for r in part]
+        elif genomes and self.task.lockstep():
+            results = self.task(np.stack(genomes))
         else:
             results = []
             for g in genomes:
