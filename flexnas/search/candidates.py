@@ -104,7 +104,6 @@ class CandidateEvaluator:
                    naive_calls=len(plan.active_indices()) * len(self.loaded.batches(n)))
         return out
 
-
     def evaluate_many(self, plans: list[Plan], n: int | None = None) -> list[dict[str, Any]]:
         """``evaluate`` of each plan; with the problem's lockstep on, their missing images are first
         sampled together (``FeatureStore.fill``), a generation's candidates in shared U-Net calls."""

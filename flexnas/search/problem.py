@@ -63,7 +63,7 @@ class GenomeProblem(Problem):
             progress.start(len(set(keys)), len(set(keys)) - len(todo))
         if self.runner is not None and genomes:  # one batch of genomes per worker, sampled together there
             workers = len(self.runner.client.scheduler_info()["workers"]) or 1
-            parts = [np.stack(part) for part in np.array_split(np.stack(genomes), min(workers, len(genomes)))]
+            parts = np.array_split(np.stack(genomes), min(workers, len(genomes)))
             results = [r for part in self.runner(self.task, parts) for r in part]
         elif genomes and self.task.lockstep():
             results = self.task(np.stack(genomes))
