@@ -109,7 +109,7 @@ def screen(b: Bench, plans: list[tuple[Plan, str, str]]) -> list[dict]:
     """Every baseline on ``screen_images``; those slower than the fast region on ``slow_images`` (they never
     reach the re-scoring, and at 64 images they cost four fifths of the screening)."""
     macs = b.cand.evaluator.macs
-    return [b.record(p, f, nm, b.s.screen_images if macs.ratio(p) <= b.s.fast_region or f == "teacher"
+    return [b.record(p, f, nm, b.s.screen_images if macs.ratio(p, b.T) <= b.s.fast_region or f == "teacher"
                      else b.s.slow_images) for p, f, nm in plans]
 
 
@@ -225,25 +225,28 @@ def rescore_fronts(b: Bench, runs: list[dict], baselines: list[dict]) -> list[di
         best = cover(mid, baselines, gt, mid_n, b.s.front_hi if r["algorithm"] == "nsga2" else 1)
         if r["goal"] == "quality":
             best += fastest_in_band(b, mid, 1)
-        for f in best:
-            out[f["strip"]] = b.record(Plan.from_dict(f["plan"]), fam, f["name"], b.s.hi_images)
+        for f in best:  # keyed by family too: two searches that found one plan both keep it
+            out[fam, f["strip"]] = b.record(Plan.from_dict(f["plan"]), fam, f["name"], b.s.hi_images)
     return list(out.values())
 
 
 def walls(b: Bench, records: list[dict]) -> None:
     """Wall-clock speed-up of every record against the teacher, eager (as ``flexnas.apply`` runs in a user's
-    stock pipeline), whether or not the images were sampled compiled. Rounds interleave the plans (the
-    teacher first in each, one warm-up round), and each plan's speed-up is its median over the rounds: a
-    drift of the machine's speed during the stage moves every ratio alike instead of the plans timed late."""
+    stock pipeline), whether or not the images were sampled compiled. Rounds interleave the plans (one
+    warm-up round, then each round in its own shuffled order, the teacher timed before and after), and
+    each plan's speed-up is its median over the rounds: a drift of the machine's speed moves every
+    ratio alike instead of the plans timed late."""
     ev = Evaluator(get_problem(b.s.problem, **b.s.problem_overrides(compile=False)), images=b.s.wall_images)
     plans = {r["strip"]: Plan.from_dict(r["plan"]) for r in records if r["family"] != "teacher"}
     ratios: dict[str, list[float]] = {k: [] for k in plans}
+    rng = np.random.default_rng(0)
     for rnd in range(b.s.wall_repeats + 1):
-        tw = ev.wall(None, b.s.wall_images, repeats=1, warmup=0)
-        for k, plan in plans.items():
-            w = ev.wall(plan, b.s.wall_images, repeats=1, warmup=0)
-            if rnd:
-                ratios[k].append(tw / w)
+        order = [list(plans)[i] for i in rng.permutation(len(plans))]
+        first = ev.wall(None, b.s.wall_images, repeats=1, warmup=0)
+        times = {k: ev.wall(plans[k], b.s.wall_images, repeats=1, warmup=0) for k in order}
+        tw = (first + ev.wall(None, b.s.wall_images, repeats=1, warmup=0)) / 2
+        for k in order if rnd else []:
+            ratios[k].append(tw / times[k])
     for r in records:
         r["wall_speedup"] = float(np.median(ratios[r["strip"]])) if r["strip"] in ratios else 1.0
 
