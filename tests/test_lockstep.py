@@ -40,14 +40,15 @@ def shared_calls(plans: list[Plan]) -> int:
 
 @pytest.fixture(scope="module")
 def loaded(tiny_sd_folder):
-    """``loaded(which, mode)``: the embedded model, or the tiny Stable Diffusion pipeline with
-    classifier-free guidance (the U-Net sees both halves), in null mode ``mode`` (loaded once)."""
+    """``loaded(which, mode)``: the embedded model (``embedded-eta``: stochastic DDIM, eta 0.5), or the
+    tiny Stable Diffusion pipeline with classifier-free guidance (the U-Net sees both halves), in null
+    mode ``mode`` (loaded once)."""
     cache = {}
 
     def get(which: str, mode: str):
         if (which, mode) not in cache:
-            kw = dict(T=T, null_mode=mode)
-            cache[which, mode] = (get_problem("fashion-mnist", batch_size=4, num_images=8, **kw) if which == "embedded"
+            kw = dict(T=T, null_mode=mode, **({"eta": 0.5} if which == "embedded-eta" else {}))
+            cache[which, mode] = (get_problem("fashion-mnist", batch_size=4, num_images=8, **kw) if "embedded" in which
                                   else get_problem(str(tiny_sd_folder), scheduler="DDIMScheduler", num_images=4,
                                                    batch_size=2, guidance_scale=3.0, prompts=["abc", "xyz cat"],
                                                    device="cpu", **kw)).load()
@@ -62,22 +63,43 @@ def embedded(request, loaded):
 
 
 @pytest.mark.parametrize("mode", ["drop", "reuse"])
-@pytest.mark.parametrize("which", ["embedded", "sd_cfg"])
+@pytest.mark.parametrize("which", ["embedded", "embedded-eta", "sd_cfg"])
 def test_lockstep_equals_one_by_one(which, mode, loaded):
     loaded = loaded(which, mode)
-    plans = population(mode, len(loaded.branches))
+    calls = []
+    hook = loaded.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        check_population(loaded, population(mode, len(loaded.branches)), calls)
+    finally:
+        hook.remove()
+
+
+def check_population(loaded, plans, calls):
+    """Unbatched lockstep == each plan alone, bit for bit, with one U-Net call per shared prefix;
+    batched: fewer calls, images within 1e-5."""
     alone = [loaded.latents(p, n=loaded.problem.num_images) for p in plans]
     counters = [StepCounter() for _ in plans]
+    calls.clear()
     shared = latents_many(loaded, plans, counters=counters, batch=False)
     for a, b in zip(alone, shared):
         assert torch.equal(a, b)  # only prefixes shared: the same calls, bit for bit
     batches = len(loaded.batches(loaded.problem.num_images))
-    assert sum(c.calls for c in counters) == batches * shared_calls(plans) < batches * sum(
+    assert sum(c.calls for c in counters) == len(calls) == batches * shared_calls(plans) < batches * sum(
         len(p.active_indices()) for p in plans)
+    unbatched, calls[:] = len(calls), []
     batched = latents_many(loaded, plans, batch=True)
+    assert len(calls) < unbatched  # step kinds ran together
     for p, a, b in zip(plans, alone, batched):  # images in [0, 1] (the tiny SD's latents reach 20)
         assert (loaded.decode(a) - loaded.decode(b)).abs().max() <= 1e-5, p.strip()
-    assert any(not torch.equal(a, b) for a, b in zip(alone, batched))  # batching did run some together
+
+
+def test_eta_reaches_the_steps_of_a_dropping_plan(loaded):
+    """Stochastic DDIM (eta > 0) in drop mode: the jumps over NULL steps draw their noise as the
+    stock steps do (the patched step keeps the stock signature, which callers read for eta)."""
+    plan = Plan.step_reduction("DDIMScheduler", T, 4, "drop")
+    noisy = loaded("embedded-eta", "drop").latents(plan, n=4)
+    assert not torch.equal(noisy, loaded("embedded", "drop").latents(plan, n=4))
+    assert torch.equal(noisy, latents_many(loaded("embedded-eta", "drop"), [plan], n=4, batch=False)[0])
 
 
 def test_lockstep_resumes_from_the_prefix_store(embedded):

@@ -13,6 +13,7 @@ controller drives flexnas' own sampler loop and a user's stock pipeline (``flexn
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import torch
@@ -105,8 +106,10 @@ class PlanController:
         self._orig_set_timesteps = scheduler.set_timesteps
         self._orig_step = scheduler.step
         scheduler.set_timesteps = self._set_timesteps
-        if plan.null_mode == "drop" and has_null and is_ddim(scheduler):
-            scheduler.step = self._ddim_step
+        self._drops = plan.null_mode == "drop" and has_null and is_ddim(scheduler)
+        if self._drops:  # with the stock signature: callers pass eta and generator by reading it
+            scheduler.step = functools.wraps(self._orig_step)(
+                lambda *args, **kwargs: self._ddim_step(*args, **kwargs))
         elif plan.null_mode == "drop" and has_null and hasattr(scheduler, "set_begin_index"):
             self._orig_begin = scheduler.set_begin_index
             scheduler.set_begin_index = self._set_begin_index
@@ -181,9 +184,8 @@ class PlanController:
         step = self.steps[self.step_index(timestep)]
         # a pipeline that starts inside the schedule (image-to-image) may reach a PARTIAL step before any
         # FULL one, or a reused NULL step before any output: it runs FULL (engine.steps.executed_steps)
-        dropped = self.scheduler.step == self._ddim_step
         if (step.kind is StepKind.PARTIAL and not self.partial.state.cache) or \
-                (step.kind is StepKind.NULL and self._last is None and not dropped):
+                (step.kind is StepKind.NULL and self._last is None and not self._drops):
             step = FULL_STEP
         if step.kind is StepKind.NULL:
             self.counter.null += 1

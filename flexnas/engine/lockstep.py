@@ -2,13 +2,13 @@
 
 Plans that agree so far share one sampler state: the states form a prefix tree over the plans'
 executed steps, and a node splits where its plans' steps part (in "drop" mode also, after the
-shared call, where their next kept timesteps do, since a DDIM step lands on it). At each base step the nodes that run the
-same kind of step (FULL, or PARTIAL at one branch) batch into one U-Net call (``batch=True``):
-latents, conditioning and the cached deep features are concatenated along the batch and split
-after. A node alone in its kind makes exactly the call that sampling its plan alone makes, so
-plans that only share a prefix get bit-identical images; batching changes float summation
-order only (within 1e-5). DDIM only, as the prefix store (its steps are stateless); docs/DESIGN.md,
-section 6.
+shared call, where their next kept timesteps do, since a DDIM step lands on it). At each base
+step the nodes that run the same kind of step (FULL, or PARTIAL at one branch) batch into one
+U-Net call (``batch=True``; at most ``MAX_CALL_ROWS`` batch rows a call): latents, conditioning
+and the cached deep features are concatenated along the batch and split after. A node alone in
+its kind makes exactly the call that sampling its plan alone makes, so plans that only share a
+prefix get bit-identical images; batching changes float summation order only (within 1e-5).
+DDIM only, as the prefix store (its steps are stateless); docs/DESIGN.md, section 7.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from flexnas.engine.sampler import Conditioning, step_kwargs
 from flexnas.engine.steps import StepCounter, executed_steps, is_ddim, timestep_key
 from flexnas.errors import FlexnasError
 from flexnas.plan.plan import Plan, StepKind
+
+MAX_CALL_ROWS = 512  # U-Net batch rows (guidance halves included) of one batched call: bounds its memory
 
 
 @dataclass
@@ -70,11 +72,14 @@ def split(obj: Any, sizes: list[int]) -> list[Any]:
 
 
 def check_lockstep(plans: list[Plan], scheduler: Any) -> None:
+    name = type(scheduler).__name__
     if not is_ddim(scheduler):
-        raise FlexnasError(f"lockstep sampling needs DDIM (stateless steps), not {type(scheduler).__name__}: "
-                           "sample the plans one by one")
+        raise FlexnasError(f"lockstep sampling needs DDIM (stateless steps), not {name}: sample the plans one by one")
     if len({(p.scheduler, p.T, p.null_mode) for p in plans}) != 1:
         raise FlexnasError("lockstep sampling needs one scheduler, base schedule T and null mode for all plans")
+    if plans[0].scheduler != name:
+        raise FlexnasError(f"plans were made for {plans[0].scheduler} but the scheduler is {name}: use "
+                           f"{plans[0].scheduler}.from_config(scheduler.config)")
 
 
 @torch.no_grad()
@@ -133,7 +138,8 @@ def _run(unet, scheduler, plans, noise, generator, cond, eta, batch, forward, pa
                 for j in n.members:
                     counters[j].null += 1
         for step, group in runs.items():
-            for chunk in ([group] if batch else [[n] for n in group]):
+            per_call = max(1, MAX_CALL_ROWS // (len(noise) * (2 if cond.cfg else 1))) if batch else 1
+            for chunk in (group[k:k + per_call] for k in range(0, len(group), per_call)):
                 _call(unet, forward, partial, scheduler, step, chunk, t, kw, cond.cfg)
                 if counters is not None:
                     for n in chunk:

@@ -168,7 +168,7 @@ class PrefixStore:
     def __init__(self, max_bytes: int = 2 * 2**30):
         self.max_bytes, self.bytes = max_bytes, 0
         self._items: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, dict | None]] = OrderedDict()
-        self._refs: dict[int, int] = {}  # id of a stored tensor -> states holding it
+        self._refs: dict[int, int] = {}  # storage of a stored tensor (data pointer) -> tensors of states holding it
         self.hits = 0
         self.steps_saved = 0  # base steps not re-run thanks to a hit
 
@@ -178,14 +178,16 @@ class PrefixStore:
 
     def _count(self, item: tuple, sign: int) -> None:
         x, _, cache = item
-        for t in [x, *_tensors(cache or {})]:
-            n = self._refs.get(id(t), 0) + sign
+        for t in [x, *_tensors(cache or {})]:  # by storage: a lockstep call's features are views of one batch
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+            n = self._refs.get(key, 0) + sign
             if n == 0 or (sign > 0 and n == 1):  # first holder added, or last holder gone
-                self.bytes += sign * t.numel() * t.element_size()
+                self.bytes += sign * storage.nbytes()
             if n:
-                self._refs[id(t)] = n
+                self._refs[key] = n
             else:
-                self._refs.pop(id(t), None)
+                self._refs.pop(key, None)
 
     def put(self, plan: Plan, i: int, batch_key: tuple, x: torch.Tensor, g_state: torch.Tensor,
             cache: dict) -> None:

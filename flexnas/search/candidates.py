@@ -19,6 +19,8 @@ from flexnas.errors import FlexnasError
 from flexnas.metrics.evaluator import Evaluator
 from flexnas.metrics.measures import DEFAULT_MEASURE, MEASURES, available, check_measure, score
 from flexnas.metrics.store import PrefixStore, plan_key
+from flexnas.models.device import resolve_device
+from flexnas.models.lockstep import lockstep_default
 from flexnas.models.registry import get_problem
 from flexnas.plan.plan import Plan
 from flexnas.plan.space import SearchSpace
@@ -131,8 +133,10 @@ class EvalTask:
     threads: int | None = None
 
     def lockstep(self) -> bool:
-        """Whether this process's problem samples a generation's candidates in shared U-Net calls."""
-        return CandidateEvaluator.get(self.config, self.threads).loaded.lockstep
+        """Whether the problem samples a generation's candidates in shared U-Net calls (read from its
+        spec, without loading it: the main process of a Dask run holds no model)."""
+        problem = get_problem(self.config.problem, **self.config.problem_overrides())
+        return lockstep_default(resolve_device(problem.device)) if problem.lockstep is None else problem.lockstep
 
     def __call__(self, x: np.ndarray) -> dict[str, Any] | list[dict[str, Any]]:
         """The record of genome ``x``, or the records of a batch of genomes (rows), sampled together."""

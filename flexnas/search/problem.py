@@ -61,12 +61,18 @@ class GenomeProblem(Problem):
         progress = self.progress
         if progress is not None:
             progress.start(len(set(keys)), len(set(keys)) - len(todo))
-        if self.runner is not None and genomes:  # one batch of genomes per worker, sampled together there
+        lockstep = bool(genomes) and self.task.lockstep()
+        if self.runner is not None and lockstep:  # one batch of genomes per worker, sampled together there
             workers = len(self.runner.client.scheduler_info()["workers"]) or 1
             parts = np.array_split(np.stack(genomes), min(workers, len(genomes)))
             results = [r for part in self.runner(self.task, parts) for r in part]
-        elif genomes and self.task.lockstep():
+        elif self.runner is not None and genomes:
+            results = self.runner(self.task, genomes)
+        elif lockstep:
             results = self.task(np.stack(genomes))
+            if progress is not None:
+                for _ in results:
+                    progress.step()
         else:
             results = []
             for g in genomes:
