@@ -210,7 +210,8 @@ class MacCounter:
                 d["decode"] = None
             if net is not None:  # its conditioning image has the output's pixel size
                 pixels = tuple(s * loaded.vae_scale for s in loaded.sample_shape[1:])
-                d["controlnet"] = count_controlnet(net, loaded.sample_shape, (3, *pixels), kwargs)
+                shape = (getattr(net.config, "in_channels", loaded.sample_shape[0]), *loaded.sample_shape[1:])
+                d["controlnet"] = count_controlnet(net, shape, (3, *pixels), kwargs)  # its own input: the latents
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(d))
