@@ -239,9 +239,9 @@ def walls(b: Bench, records: list[dict]) -> None:
     ev = Evaluator(get_problem(b.s.problem, **b.s.problem_overrides(compile=False)), images=b.s.wall_images)
     plans = {r["strip"]: Plan.from_dict(r["plan"]) for r in records if r["family"] != "teacher"}
     ratios: dict[str, list[float]] = {k: [] for k in plans}
-    rng = np.random.default_rng(0)
+    keys, rng = list(plans), np.random.default_rng(0)
     for rnd in range(b.s.wall_repeats + 1):
-        order = [list(plans)[i] for i in rng.permutation(len(plans))]
+        order = [keys[i] for i in rng.permutation(len(keys))]
         first = ev.wall(None, b.s.wall_images, repeats=1, warmup=0)
         times = {k: ev.wall(plans[k], b.s.wall_images, repeats=1, warmup=0) for k in order}
         tw = (first + ev.wall(None, b.s.wall_images, repeats=1, warmup=0)) / 2

@@ -111,10 +111,8 @@ def _run(unet, scheduler, plans, noise, generator, cond, eta, batch, forward, pa
     steps = [executed_steps(p) for p in plans]
     scheduler.set_timesteps(T)
     ts = [int(timestep_key(t)) for t in scheduler.timesteps]
-    after = [{} for _ in plans]  # plan -> step -> the next kept timestep ("drop" mode)
-    for j, p in enumerate(plans):
-        act = p.active_indices()
-        after[j] = {a: ts[b] for a, b in zip(act, act[1:])} | ({act[-1]: -1} if act else {})
+    # plan -> active step -> the next kept timestep ("drop" mode; -1: the end)
+    after = [dict(zip(act, [ts[b] for b in act[1:]] + [-1])) for act in (p.active_indices() for p in plans)]
     base_next = {i: ts[i + 1] if i + 1 < T else -1 for i in range(T)}
     fresh = [j for j, s in enumerate(starts) if s is None]
     nodes = [Node(fresh, noise * scheduler.init_noise_sigma, {}, None, generator)] if fresh else []
@@ -124,6 +122,7 @@ def _run(unet, scheduler, plans, noise, generator, cond, eta, batch, forward, pa
             key = (s[0], plans[j].steps[:s[0]])
             joining.setdefault(key, s[1].fork([])).members.append(j)
     kw, out = cond.unet_kwargs(), [None] * len(plans)
+    skw = step_kwargs(scheduler, eta, None)  # read once; each node passes its own generator
     for i, t in enumerate(scheduler.timesteps):
         nodes += [n for (k, _), n in joining.items() if k == i]
         nodes = _part(nodes, lambda j, i=i: steps[j][i])
@@ -155,7 +154,8 @@ def _run(unet, scheduler, plans, noise, generator, cond, eta, batch, forward, pa
             if cond.cfg:
                 uncond, text = o.chunk(2)
                 o = uncond + cond.guidance_scale * (text - uncond)
-            skw = step_kwargs(scheduler, eta, n.generator)
+            if "generator" in skw:
+                skw["generator"] = n.generator
             nxt = after[n.members[0]][i] if drop else base_next[i]
             n.x = ddim_step_to(scheduler, scheduler.step, nxt, base_next[i], o, t, n.x, **skw, return_dict=False)[0]
     for n in nodes:
