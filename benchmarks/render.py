@@ -148,7 +148,7 @@ def render(out: dict, figures: Path, report: Path) -> str:
              f"store: baselines screened on {s['screen_images']} images (those slower than the fast region on "
              f"{s.get('slow_images', s['screen_images'])}), the fast region (MACs ratio <= {s['fast_region']}) on "
              f"{s['mid_images']}, each family's non-dominated plans and the search front plans that beat the most "
-             f"baselines re-scored on {s['hi_images']}. Wall-clock: {s['wall_images']} images, eager, median of "
+             f"baselines in wall-clock (timed on the {s['mid_images']}-image candidates) re-scored on {s['hi_images']}. Wall-clock: {s['wall_images']} images, eager, median of "
              f"{s['wall_repeats']} rounds that time every plan after the teacher (one warm-up round first).", "",
              f"Teacher (DDIM-{out['T']}): FID to real {out['teacher'][q]:.4g} on {s['hi_images']} images.", "",
              "### Fastest plan of each family within +1%, +5%, +10% of the teacher's FID to real", "",

@@ -97,6 +97,10 @@ def test_cover_picks_the_fewest_plans_that_beat_the_most_baselines():
     assert cover(front[::2], base, "paired", 64, 1) == [front[0]]
     assert cover(front[::2], base, "paired", 64, 2) == [front[0], front[2]]
     assert cover(front, base, "paired", 256, 2) == []  # no baseline on those images
+    # counted in wall-clock: the second plan realises little of its MACs speed-up and is now slower than all
+    for r, w in zip(base + front, [3.0, 3.5, 8.0, 8.0, 4.0, 2.5, 12.0]):
+        r["wall_speedup"] = w
+    assert cover(front, base, "paired", 64, 3, by="wall") == [front[0], front[2]]
 
 
 def test_promotion_benchmark_runs_every_arm_and_judges_on_other_noise(tmp_path, monkeypatch):
