@@ -13,6 +13,7 @@ the ``compare`` section of ``benchmarks/REPORT.md``, its figures and ``results/c
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,7 @@ import numpy as np
 
 from benchmarks.common import machine, parse, save_json, write_section
 from benchmarks.study import choose_measures, objective_study
-from flexnas.errors import report_errors
+from flexnas.errors import FlexnasError, report_errors
 from flexnas.metrics.evaluator import Evaluator
 from flexnas.metrics.measures import GROUND_TRUTH
 from flexnas.models.registry import get_problem
@@ -187,6 +188,7 @@ def searches(b: Bench, measures: dict[str, dict], runs_dir: Path) -> list[dict]:
                     "measure": m["measure"], "images": m["images"], "search_s": time.time() - t0,
                     "evaluated": len(recs), "requested": prob.requested_total, "calls_made": calls,
                     "calls_naive": prob.naive_total, "front": front,
+                    "points": [[x["macs_ratio"], x[m["measure"]]] for x in recs],  # every plan it evaluated
                     "feasible_front": [f for f in front if f["macs_ratio"] <= cfg.macs_budget + 1e-12]})
     return out
 
@@ -269,8 +271,6 @@ def walls(b: Bench, records: list[dict]) -> dict[str, float]:
 
 
 def run(s: Settings, report: Path, results: Path, figures: Path) -> dict:
-    from benchmarks.render import render, tables, targets
-
     t_start = time.time()
     b = Bench(s)
     runs_dir = results / "runs" / s.problem
@@ -295,6 +295,13 @@ def run(s: Settings, report: Path, results: Path, figures: Path) -> dict:
            "baselines_screened": base, "baselines_mid": base_mid, "hi": hi_records, "runs": runs,
            "study_baselines": study0, "study": study, "measures": measures, "timings": b.timings,
            "total_s": time.time() - t_start}
+    return finish(out, results, report, figures)
+
+
+def finish(out: dict, results: Path, report: Path, figures: Path) -> dict:
+    """Tables and targets of ``out``, saved with it; its report section and figures written."""
+    from benchmarks.render import render, tables, targets
+
     out["tables"] = tables(out)
     out["targets"] = targets(out)
     save_json("compare", out, results)
@@ -302,11 +309,21 @@ def run(s: Settings, report: Path, results: Path, figures: Path) -> dict:
     return out
 
 
+def rerender(results: Path, report: Path, figures: Path) -> dict:
+    """The report section of a finished run again, from its results (after a change to the writer)."""
+    path = results / "compare.json"
+    if not path.is_file():
+        raise FlexnasError(f"{path} does not exist: run `python -m benchmarks.compare` first")
+    return finish(json.loads(path.read_text()), results, report, figures)
+
+
 def main(argv: list[str] | None = None) -> int:
     def options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--problem", default="fashion-mnist")
         p.add_argument("--quick", action="store_true", help="tiny settings: checks the machinery in minutes")
         p.add_argument("--figures", default=None, help="default: <report folder>/figures")
+        p.add_argument("--render-only", action="store_true",
+                       help="re-render the report section, tables and targets from the saved results/compare.json")
 
     args = parse(__doc__, argv, options)
     s = Settings.quick(args.problem) if args.quick else Settings(problem=args.problem)
@@ -314,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = Path(args.figures) if args.figures else report.parent / "figures"
 
     def go() -> int:
-        out = run(s, report, Path(args.results), figures)
+        out = rerender(Path(args.results), report, figures) if args.render_only else run(s, report, Path(args.results), figures)
         for t in out["targets"]:
             print(f"{'met ' if t['met'] else 'MISS'} {t['target']}: {t['measured']}")
         print(f"wrote {report}")

@@ -48,12 +48,32 @@ def test_quick_benchmark_writes_report_and_figures(tmp_path, monkeypatch):
         tau, rho = (kendalltau(x, y).statistic, spearmanr(x, y).statistic) if len(x) >= 3 else (math.nan, math.nan)
         assert (r["tau"], r["rho"]) == pytest.approx((tau, rho), nan_ok=True)
     assert {t["target"].split(":")[0] for t in data["targets"]} >= {"fidelity", "quality +1%", "quality"}
+    # headroom: per level, the quality searches' plans with at least 1.25x the fastest baseline's speed-up
+    points = [pt for r in data["runs"] if r["goal"] == "quality" for pt in r["points"]]
+    assert len(points) == sum(r["evaluated"] for r in data["runs"] if r["goal"] == "quality")
+    from benchmarks.render import REALISED
+
+    for h in data["tables"]["headroom"]:
+        fast = [v for m, v in points if REALISED / m >= h["need_macs_speedup"]]
+        assert h["plans"] == len(fast) and h["best"] == (min(fast) if fast else None)
+    fid_points = [pt for r in data["runs"] if r["goal"] == "fidelity" and r["measure"] == "paired" for pt in r["points"]]
+    for row in data["tables"]["fidelity"]:  # the lowest paired any fidelity search screened at the baseline's speed
+        fast = [v for m, v in fid_points if REALISED / m >= row["wall_speedup"]]
+        assert row["screened"]["best_evaluated"] == (min(fast) if fast else None)
     # the report links figures that exist
     for line in text.splitlines():
         if line.startswith("![") and "figures/" in line:
             assert (tmp_path / line.split("(")[1].rstrip(")")).is_file()
     tq = json.loads((results / "teacher_quality.json").read_text())
     assert tq["samples"] == 100 and len(tq["class_histogram"]) == 10
+    # the section again from the saved results: the same text; without results, one line and nothing written
+    from benchmarks import compare
+
+    before = report.read_text()
+    argv = ["--render-only", "--report", str(report), "--results", str(results), "--figures", str(figures)]
+    assert compare.main(argv) == 0 and report.read_text() == before
+    assert compare.main(["--render-only", "--report", str(tmp_path / "R2.md"), "--results", str(tmp_path / "no")]) == 2
+    assert not (tmp_path / "R2.md").exists()
 
 
 def test_fidelity_seeds_marks_a_baseline_beaten_only_by_a_faster_closer_plan():
@@ -130,3 +150,37 @@ def test_hypervolume_is_the_dominated_area():
     # rectangles (3-1)x(0.35-0.1) and (3-2)x(0.35-0.05) overlap in (3-2)x(0.35-0.1); the last point is beyond ref
     assert hypervolume(recs((1, 0.1), (2, 0.05), (4, 0.01)), "judged", (3, 0.35)) == pytest.approx(0.5 + 0.3 - 0.25)
     assert hypervolume(recs((4, 0.01), (math.inf, 0.01)), "judged", (3, 0.35)) == 0.0
+
+
+def test_default_search_benchmark_judges_chosen_plans_against_every_faster_baseline(tmp_path, monkeypatch, capsys):
+    """Each chosen plan against the best of the stock baselines at least as fast in wall-clock: that rival is
+    the lowest-FID finalist, every finalist is at least as fast, and ``wins`` compares the plan with it."""
+    from benchmarks import default_search
+    from benchmarks.compare import Settings
+    from flexnas.models.registry import get_problem
+    from flexnas.plan.plan import Plan, Segment
+
+    monkeypatch.setenv("FLEXNAS_CACHE", str(tmp_path / "cache"))
+    s = Settings.quick("fashion-mnist")
+    p = get_problem("fashion-mnist", **s.problem_overrides())
+    searched = Plan(p.scheduler, p.T, (Segment(1), Segment(0), Segment(1), Segment(2, 1)), p.null_mode)  # not a seed
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "chosen.json").write_text(json.dumps([{"plan": searched.to_dict()},
+                                                 {"plan": Plan.deepcache(p.scheduler, p.T, 5, 0).to_dict()}]))
+    report, results = tmp_path / "REPORT.md", tmp_path / "results"
+    argv = ["--quick", "--run", str(run), "--images", "24", "--finalists", "2", "--report", str(report),
+            "--results", str(results), "--threads", "1"]
+    assert default_search.main(argv) == 0
+    rows = json.loads((results / "default_search.json").read_text())["rows"]
+    assert [r["seed"] for r in rows] == [False, True] and all(r["images"] == 24 for r in rows)
+    for r in rows:
+        x = r["best_rival"]
+        assert x is not None and x["images"] == 24 and x["wall_speedup"] >= r["wall_speedup"]
+        assert x["family"] in ("steps", "deepcache") and r["rivals_faster"] >= 1
+        assert r["wins"] == (r["fid_to_real"] < x["fid_to_real"])
+    assert "## README command 1" in report.read_text()
+    capsys.readouterr()
+    assert default_search.main(["--quick", "--run", str(tmp_path), "--results", str(results)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no chosen.json" in err[0]
