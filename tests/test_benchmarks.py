@@ -167,15 +167,18 @@ def test_default_search_benchmark_judges_chosen_plans_against_every_faster_basel
     searched = Plan(p.scheduler, p.T, (Segment(1), Segment(0), Segment(1), Segment(2, 1)), p.null_mode)  # not a seed
     run = tmp_path / "run"
     run.mkdir()
+    alone = Plan(p.scheduler, p.T, (Segment(1), Segment(0), Segment(0), Segment(0)), p.null_mode)  # DDIM-1's shape
     (run / "chosen.json").write_text(json.dumps([{"plan": searched.to_dict()},
-                                                 {"plan": Plan.deepcache(p.scheduler, p.T, 5, 0).to_dict()}]))
+                                                 {"plan": Plan.deepcache(p.scheduler, p.T, 5, 0).to_dict()},
+                                                 {"plan": alone.to_dict()}]))
     report, results = tmp_path / "REPORT.md", tmp_path / "results"
     argv = ["--quick", "--run", str(run), "--images", "24", "--finalists", "2", "--report", str(report),
             "--results", str(results), "--threads", "1"]
     assert default_search.main(argv) == 0
     rows = json.loads((results / "default_search.json").read_text())["rows"]
-    assert [r["seed"] for r in rows] == [False, True] and all(r["images"] == 24 for r in rows)
-    for r in rows:
+    assert [r["seed"] for r in rows] == [False, True, True] and all(r["images"] == 24 for r in rows)
+    assert rows[2]["best_rival"] is None and not rows[2]["wins"]  # faster than every baseline (DDIM-2): no win
+    for r in rows[:2]:
         x = r["best_rival"]
         assert x is not None and x["images"] == 24 and x["wall_speedup"] >= r["wall_speedup"]
         assert x["family"] in ("steps", "deepcache") and r["rivals_faster"] >= 1
