@@ -248,8 +248,8 @@ def fronts_hi(b: Bench, runs: list[dict], mids: list[list[dict]], baselines: lis
 
 
 def walls(b: Bench, records: list[dict]) -> dict[str, float]:
-    """Wall-clock speed-up of every record against the teacher (set on the records, and returned by strip), eager (as ``flexnas.apply`` runs in a user's
-    stock pipeline), whether or not the images were sampled compiled. Rounds interleave the plans (one
+    """Wall-clock speed-up of every record against the teacher (set on the records, and returned by strip),
+    eager (as ``flexnas.apply`` runs in a user's stock pipeline), whether or not the images were sampled compiled. Rounds interleave the plans (one
     warm-up round, then each round in its own shuffled order, the teacher timed before and after), and
     each plan's speed-up is its median over the rounds: a drift of the machine's speed moves every
     ratio alike instead of the plans timed late."""
