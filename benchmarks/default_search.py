@@ -8,8 +8,8 @@ the baselines of ``benchmarks.compare`` (stock ``num_inference_steps=k``, DeepCa
 interval and branch), not only the seeds the search knew: those with at least ``MACS_MARGIN`` of a
 chosen plan's MACs speed-up are timed with the chosen plans (``benchmarks.compare.walls``), the ones
 at least as fast in wall-clock are screened on 256 images (``Settings.mid_images``; FID to real
-there has Kendall tau 0.99 against 2,000 images in the objective study), and the best ``--finalists`` go to ``--images`` with
-the plan. Every image comes from the store ``benchmarks.compare`` uses (sampled compiled).
+there has Kendall tau 0.99 against 2,000 images in the objective study), and the best
+``--finalists`` go to ``--images`` with the plan. Every image comes from the store ``benchmarks.compare`` uses (sampled compiled).
 """
 
 from __future__ import annotations
@@ -60,11 +60,9 @@ def run(run_dir: Path | None, images: int, finalists: int, s: Settings) -> dict:
     rows = []
     for m in mine:
         faster = sorted((x for x in rivals if x["wall_speedup"] >= m["wall_speedup"]), key=lambda x: x[q])
-        hi = [{**b.record(Plan.from_dict(x["plan"]), x["family"], x["name"], images), "wall_speedup": x["wall_speedup"]}
-              for x in faster[:finalists]]
-        best = min(hi, key=lambda x: x[q], default=None)
-        own = b.record(Plan.from_dict(m["plan"]), m["family"], m["name"], images)
-        rows.append({**own, "wall_speedup": m["wall_speedup"], "seed": m["family"] != "searched",
+        best = min((b.rescore(x, images) for x in faster[:finalists]), key=lambda x: x[q], default=None)
+        own = b.rescore(m, images)
+        rows.append({**own, "seed": m["family"] != "searched",
                      "rivals_faster": len(faster), "best_rival": best,
                      "wins": best is not None and own[q] < best[q]})  # faster than every baseline is no win
     return {"run": str(run_dir), "images": images, "screen_images": s.mid_images, "finalists": finalists,
