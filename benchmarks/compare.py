@@ -53,14 +53,14 @@ class Settings:
     random_plans: int = 1  # on hi_images: one costs ~4.6 min of the 120
     pop: int = 12
     gens: int = 4
-    nsga2_seeds: tuple[int, ...] = (0, 1)  # quality goal; the fidelity goal runs the first seed of each
+    nsga2_seeds: tuple[int, ...] = (0, 1)  # each goal
     ga_seeds: tuple[int, ...] = (0, 1)
     ga_budget: float = 0.15
     paper_space_seeds: tuple[int, ...] = (0,)
     front_mid: int = 4  # front plans per search re-scored on mid_images
     front_hi: int = 2  # of those, the fewest that beat the most baselines, re-scored on hi_images (GA: 1)
     wall_images: int = 16
-    wall_repeats: int = 3
+    wall_repeats: int = 5  # rounds: at 3, step reduction timed 0.90-1.21x of its MACs speed-up (9d4e955)
 
     @classmethod
     def quick(cls, problem: str) -> "Settings":
@@ -170,10 +170,10 @@ def searches(b: Bench, measures: dict[str, dict], runs_dir: Path) -> list[dict]:
     s, out = b.s, []
     specs = []
     for goal in ("quality", "fidelity"):
-        m, k = measures[goal], None if goal == "quality" else 1
-        specs += [(goal, "nsga2", seed, True, m) for seed in s.nsga2_seeds[:k]]
-        specs += [(goal, "ga", seed, True, m) for seed in s.ga_seeds[:k]]
-        specs += [(goal, "nsga2", seed, False, m) for seed in s.paper_space_seeds[:k] if goal == "quality"]
+        m = measures[goal]
+        specs += [(goal, "nsga2", seed, True, m) for seed in s.nsga2_seeds]
+        specs += [(goal, "ga", seed, True, m) for seed in s.ga_seeds]
+        specs += [(goal, "nsga2", seed, False, m) for seed in s.paper_space_seeds if goal == "quality"]
     for goal, algo, seed, skip, m in specs:
         name = f"{goal}-{algo}-{'skip' if skip else 'paper'}-s{seed}"
         cfg = SearchConfig(problem=s.problem, algorithm=algo, pop=s.pop, gens=s.gens, seed=seed, goal=goal,
@@ -224,14 +224,19 @@ def cover(records: list[dict], baselines: list[dict], key: str, n: int, k: int, 
 
 
 def fronts_mid(b: Bench, runs: list[dict], baselines: list[dict]) -> list[list[dict]]:
-    """Each search's feasible front plans that can matter (at most ``front_mid``), on ``mid_images``.
-    A front plan of a baseline's shape (a seed the search kept) is that baseline: not re-scored."""
+    """Each search's feasible front plans that can matter (at most ``front_mid``), on ``mid_images``: those
+    that together beat the most baselines on the search's own images (``cover``), the slots left spread by
+    MACs over the rest. A front plan of a baseline's shape (a seed the search kept) is that baseline: not
+    re-scored."""
     out = []
     for r in runs:
         fam = f"{r['algorithm']}-{'skip' if r['skip'] else 'paper'}-{r['goal']}"
-        own = [f for f in r["feasible_front"] if plan_family(f["plan"]) is None]
+        own = can_matter([f for f in r["feasible_front"] if plan_family(f["plan"]) is None], baselines,
+                         r["measure"], r["images"])
+        picked = cover(own, baselines, r["measure"], r["images"], b.s.front_mid)
+        picked += spread([f for f in own if f not in picked], b.s.front_mid - len(picked))
         out.append([b.record(Plan.from_dict(f["plan"]), fam, f"{r['name']} front", b.s.mid_images)
-                    for f in spread(can_matter(own, baselines, r["measure"], r["images"]), b.s.front_mid)])
+                    for f in sorted(picked, key=lambda f: f["macs_ratio"])])
     return out
 
 
@@ -252,22 +257,12 @@ def fronts_hi(b: Bench, runs: list[dict], mids: list[list[dict]], baselines: lis
 
 def walls(b: Bench, records: list[dict]) -> dict[str, float]:
     """Wall-clock speed-up of every record against the teacher (set on the records, and returned by strip),
-    eager (as ``flexnas.apply`` runs in a user's stock pipeline), whether or not the images were sampled compiled. Rounds interleave the plans (one
-    warm-up round, then each round in its own shuffled order, the teacher timed before and after), and
-    each plan's speed-up is its median over the rounds: a drift of the machine's speed moves every
-    ratio alike instead of the plans timed late."""
+    eager (as ``flexnas.apply`` runs in a user's stock pipeline), whether or not the images were sampled
+    compiled: ``Evaluator.wall_ratios``, interleaved rounds."""
     ev = Evaluator(get_problem(b.s.problem, **b.s.problem_overrides(compile=False)), images=b.s.wall_images)
     plans = {r["strip"]: Plan.from_dict(r["plan"]) for r in records if r["family"] != "teacher"}
-    ratios: dict[str, list[float]] = {k: [] for k in plans}
-    keys, rng = list(plans), np.random.default_rng(0)
-    for rnd in range(b.s.wall_repeats + 1):
-        order = [keys[i] for i in rng.permutation(len(keys))]
-        first = ev.wall(None, b.s.wall_images, repeats=1, warmup=0)
-        times = {k: ev.wall(plans[k], b.s.wall_images, repeats=1, warmup=0) for k in order}
-        tw = (first + ev.wall(None, b.s.wall_images, repeats=1, warmup=0)) / 2
-        for k in order if rnd else []:
-            ratios[k].append(tw / times[k])
-    speeds = {k: float(np.median(v)) for k, v in ratios.items()}
+    timed = ev.wall_ratios(list(plans.values()), b.s.wall_images, b.s.wall_repeats)
+    speeds = {k: 1 / t["wall_ratio"] for k, t in zip(plans, timed)}
     for r in records:
         r["wall_speedup"] = speeds.get(r["strip"], 1.0)
     return speeds

@@ -189,7 +189,7 @@ def render(out: dict, figures: Path, report: Path) -> str:
              f"{s['mid_images']}, each family's non-dominated plans and the search front plans that beat the most "
              f"baselines in wall-clock (timed on the {s['mid_images']}-image candidates) re-scored on "
              f"{s['hi_images']}. Wall-clock: {s['wall_images']} images, eager, median of "
-             f"{s['wall_repeats']} rounds that time every plan after the teacher (one warm-up round first).", "",
+             f"{s['wall_repeats']} rounds, each timing every plan between two timings of the teacher (one warm-up round first).", "",
              f"Teacher (DDIM-{out['T']}): FID to real {out['teacher'][q]:.4g} on {s['hi_images']} images.", "",
              "### Fastest plan of each family within +1%, +5%, +10% of the teacher's FID to real", "",
              "| level | FID bound | " + " | ".join(t["families"]) + " |",

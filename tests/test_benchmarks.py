@@ -124,6 +124,34 @@ def test_cover_picks_the_fewest_plans_that_beat_the_most_baselines():
     assert cover(front, base, "paired", 64, 3, by="wall") == [front[0], front[2]]
 
 
+def test_fronts_mid_sends_the_plans_that_beat_most_baselines_then_spreads_the_rest():
+    """The 256-image slots go first to the front plans that together beat the most baselines on the screening
+    images, then by MACs over the other plans that beat some; a seed's shape and plans that beat none stay."""
+    from types import SimpleNamespace
+
+    from benchmarks.compare import fronts_mid
+    from flexnas.plan.plan import Plan, Segment
+
+    def plan(*kinds):
+        return Plan("DDIMScheduler", 20, tuple(Segment(*k) for k in kinds)).to_dict()
+
+    base = [{"images": 64, "macs_ratio": m, "paired": p} for m, p in [(0.3, 1.5), (0.25, 1.6), (0.1, 2.0), (0.1, 9.0)]]
+    front = [{"plan": plan((4, 1), (3, 1), (2, 1), (1,)), "macs_ratio": 0.2, "paired": 1.4},  # beats two
+             {"plan": plan((4, 1), (3, 2), (2, 1), (1,)), "macs_ratio": 0.22, "paired": 1.55},  # one, covered
+             {"plan": plan((1,), (0,), (2, 1), (0,)), "macs_ratio": 0.05, "paired": 8.0},  # beats the last
+             {"plan": plan((1,), (0,), (3, 2), (0,)), "macs_ratio": 0.07, "paired": 9.5},  # beats none
+             {"plan": Plan.teacher("DDIMScheduler", 20).to_dict(), "macs_ratio": 1.0, "paired": 0.0}]  # a seed
+    sent = []
+    b = SimpleNamespace(s=SimpleNamespace(front_mid=2, mid_images=256),
+                        record=lambda p, fam, name, n: sent.append(n) or {"plan": p.to_dict()})
+    run = {"algorithm": "nsga2", "skip": True, "goal": "fidelity", "name": "f", "measure": "paired", "images": 64,
+           "feasible_front": front}
+    assert fronts_mid(b, [run], base) == [[{"plan": front[i]["plan"]} for i in (2, 0)]]  # by MACs
+    assert sent == [256, 256]
+    b.s.front_mid = 3
+    assert fronts_mid(b, [run], base) == [[{"plan": front[i]["plan"]} for i in (2, 0, 1)]]
+
+
 def test_promotion_benchmark_runs_every_arm_and_judges_on_other_noise(tmp_path, monkeypatch):
     from benchmarks import promotion
 
@@ -153,9 +181,12 @@ def test_hypervolume_is_the_dominated_area():
     assert hypervolume(recs((4, 0.01), (math.inf, 0.01)), "judged", (3, 0.35)) == 0.0
 
 
-def test_default_search_benchmark_judges_chosen_plans_against_every_faster_baseline(tmp_path, monkeypatch, capsys):
-    """Each chosen plan against the best of the stock baselines at least as fast in wall-clock: that rival is
-    the lowest-FID finalist, every finalist is at least as fast, and ``wins`` compares the plan with it."""
+@pytest.mark.parametrize("goal", ["quality", "fidelity"])
+def test_default_search_benchmark_judges_chosen_plans_against_every_faster_baseline(tmp_path, monkeypatch, capsys,
+                                                                                    goal):
+    """Each chosen plan against the best of the stock baselines at least as fast in wall-clock, on the run's
+    goal's ground truth: that rival is the best finalist, every finalist is at least as fast, and ``wins``
+    compares the plan with it."""
     from benchmarks import default_search
     from benchmarks.compare import Settings
     from flexnas.models.registry import get_problem
@@ -171,19 +202,24 @@ def test_default_search_benchmark_judges_chosen_plans_against_every_faster_basel
     (run / "chosen.json").write_text(json.dumps([{"plan": searched.to_dict()},
                                                  {"plan": Plan.deepcache(p.scheduler, p.T, 5, 0).to_dict()},
                                                  {"plan": alone.to_dict()}]))
+    (run / "summary.json").write_text(json.dumps({"goal": goal}))
+    truth = {"quality": "fid_to_real", "fidelity": "paired"}[goal]
     report, results = tmp_path / "REPORT.md", tmp_path / "results"
     argv = ["--quick", "--run", str(run), "--images", "24", "--finalists", "2", "--report", str(report),
             "--results", str(results), "--threads", "1"]
     assert default_search.main(argv) == 0
-    rows = json.loads((results / "default_search.json").read_text())["rows"]
-    assert [r["seed"] for r in rows] == [False, True, True] and all(r["images"] == 24 for r in rows)
+    out = json.loads((results / "default_search.json").read_text())
+    rows = out["rows"]
+    assert out["goal"] == goal and [r["seed"] for r in rows] == [False, True, True] and all(r["images"] == 24 for r in rows)
     assert rows[2]["best_rival"] is None and not rows[2]["wins"]  # faster than every baseline (DDIM-2): no win
     for r in rows[:2]:
         x = r["best_rival"]
         assert x is not None and x["images"] == 24 and x["wall_speedup"] >= r["wall_speedup"]
         assert x["family"] in ("steps", "deepcache") and r["rivals_faster"] >= 1
-        assert r["wins"] == (r["fid_to_real"] < x["fid_to_real"])
-    assert "## README command 1" in report.read_text()
+        assert r["wins"] == (r[truth] < x[truth])
+    text = report.read_text()
+    assert "## README command 1" in text and {"quality": "FID to real @24", "fidelity": "paired distance to the "
+                                              "teacher @24"}[goal] in text
     capsys.readouterr()
     assert default_search.main(["--quick", "--run", str(tmp_path), "--results", str(results)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from flexnas.errors import FlexnasError
@@ -59,7 +60,6 @@ class Evaluator:
         self.cache_root = Path(cache_root) if cache_root else cache_dir() / "features"
         self._store: Any = None
         self.macs = MacCounter.for_problem(self.loaded)
-        self._teacher_wall: dict[int, float] = {}
         self.clip = None
         if clip is not None:
             from flexnas.metrics.clip import ClipScorer
@@ -164,14 +164,34 @@ class Evaluator:
             return math.nan
         return self.clip.score(self.loaded.decode(latents), self.loaded.prompts(0, len(latents)))
 
-    def wall(self, plan: Plan | None, images: int = 16, repeats: int = 3, warmup: int = 1) -> float:
-        """Median seconds to generate ``images`` images under ``plan`` (None = teacher)."""
-        return measure_wall(lambda: self.loaded.latents(plan, n=images), repeats=repeats, warmup=warmup)
+    def wall_ratios(self, plans: list[Plan], images: int = 16, rounds: int = 3, seed: int = 0) -> list[dict[str, float]]:
+        """Each plan's wall-clock against the teacher's: ``wall_s``, ``teacher_wall_s`` (medians over the
+        rounds) and ``wall_ratio`` (the median over the rounds of the plan's time over that round's teacher
+        time).
 
-    def teacher_wall(self, images: int = 16, repeats: int = 3) -> float:
-        if images not in self._teacher_wall:
-            self._teacher_wall[images] = self.wall(None, images, repeats)
-        return self._teacher_wall[images]
+        One warm-up round, then ``rounds`` rounds, each timing every plan once in its own shuffled order
+        between two timings of the teacher (their mean is the round's teacher time). Timing the teacher
+        once before the plans lets a drift of the machine's speed (another process, clock scaling) move
+        the ratios of the plans timed late; interleaved rounds move every ratio alike.
+        """
+        def once(plan: Plan | None) -> float:
+            return measure_wall(lambda: self.loaded.latents(plan, n=images), repeats=1, warmup=0)
+
+        rng = np.random.default_rng(seed)
+        times: list[list[float]] = [[] for _ in plans]
+        ratios: list[list[float]] = [[] for _ in plans]
+        teacher: list[float] = []
+        for rnd in range(rounds + 1):
+            before = once(None)
+            took = {int(i): once(plans[i]) for i in rng.permutation(len(plans))}
+            tw = (before + once(None)) / 2
+            if rnd:  # round 0 warms up
+                teacher.append(tw)
+                for i, t in took.items():
+                    times[i].append(t)
+                    ratios[i].append(t / tw)
+        return [{"wall_s": statistics.median(times[i]), "teacher_wall_s": statistics.median(teacher),
+                 "wall_ratio": statistics.median(ratios[i])} for i in range(len(plans))]
 
     def score_latents(self, plan: Plan, latents: torch.Tensor) -> dict[str, Any]:
         """rFID, FID to real (None without real statistics), MACs and MACs ratio of ``plan``'s latents."""
@@ -190,6 +210,5 @@ class Evaluator:
         """All objectives of ``plan`` as one dict (wall-clock only when ``wall_images`` > 0)."""
         out = self.score_latents(plan, self.loaded.latents(self.check_plan(plan), n=self.n))
         if wall_images > 0:
-            w, tw = self.wall(plan, wall_images, repeats), self.teacher_wall(wall_images, repeats)
-            out.update(wall_s=w, teacher_wall_s=tw, wall_ratio=w / tw)
+            out.update(self.wall_ratios([plan], wall_images, repeats)[0])
         return out

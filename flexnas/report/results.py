@@ -161,17 +161,15 @@ def write_run_outputs(res, problem, out: Path, candidates, n_choose: int = 5, wa
         save_grid(teacher_imgs, out / "grids" / "teacher.png")
     searched = [r for r in pool if not plan_family(r["plan"])]
     chosen = choose(searched or pool, n_choose)
-    teacher_wall = evaluator.teacher_wall(wall_images) if wall_images else None
+    plans = [Plan.from_dict(r["plan"]) for r in chosen]
+    for r, t in zip(chosen, evaluator.wall_ratios(plans, wall_images) if wall_images else []):
+        r.update(t)
     everything = rescored if cfg.rescore_images else records
-    for i, r in enumerate(chosen):
-        plan = Plan.from_dict(r["plan"])
+    for i, (r, plan) in enumerate(zip(chosen, plans)):
         extra: dict[str, Any] = {k: r[k] for k in (cfg.objective, measure, "macs_ratio") if k in r}
         best = rival(r, everything, measure)
         r["rival"] = None if best is None else {"strip": best["strip"], measure: best[measure],
                                                 "macs_ratio": best["macs_ratio"]}
-        if wall_images:
-            w = evaluator.wall(plan, wall_images)
-            r.update(wall_s=w, teacher_wall_s=teacher_wall, wall_ratio=w / teacher_wall)
         plan.with_meta(problem=cfg.problem, name=f"plan_{i}", **extra).save(out / "plans" / f"plan_{i}.json")
         if teacher_imgs is not None:
             side_by_side(teacher_imgs, loaded.images(plan, n=grid_images), out / "grids" / f"plan_{i}.png",
