@@ -152,6 +152,8 @@ def check_outputs(out: Path, algorithm: str) -> dict:
         assert plan == Plan.from_dict(r["plan"]) == space.decode(np.array(r["genome"]))
         assert plan.meta["rfid"] == r["rfid"] and plan.meta["macs_ratio"] == r["macs_ratio"]
         assert r["rival"] is None or r["rival"]["macs_ratio"] <= r["macs_ratio"]
+        first = {c["key"]: c["generation"] for c in candidates}[r["key"]]  # a seed: in the initial population
+        assert r["seed"] is (first == 1) and summary["chosen_plans"][i]["seed"] is r["seed"]
         assert timings[i]["wall_s"] > 0 and 0 < timings[i]["wall_ratio"] and timings[i]["teacher_wall_s"] > 0
         assert (out / "grids" / f"plan_{i}.png").read_bytes()[:8] == PNG
     for r in records:  # every record's genome is canonical, its plan is the decoded genome

@@ -17,7 +17,7 @@ from typing import Any
 def make_problem(**overrides: Any):
     import problems.fashion_mnist as fm
 
-    kw: dict[str, Any] = dict(T=10, num_images=8, batch_size=8, rescore_images=0)
+    kw: dict[str, Any] = dict(T=10, num_images=8, batch_size=8, rescore_images={})
     folder = os.environ.get("FLEXNAS_TEST_PIPELINE")
     if folder:
         kw["load_pipeline"] = functools.partial(fm.load_pipeline, Path(folder))

@@ -105,13 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="MACs ratio bound (e.g. 0.3): GA needs one; NSGA-II keeps its front below it")
     sp.add_argument("--images", type=int, default=None, help="images per screening evaluation (default: the problem's)")
     sp.add_argument("--goal", choices=GOALS, default=None,
-                    help="quality: best FID to real images per compute (default where the problem has real-image "
-                         "statistics); fidelity: the teacher's images, faster (default otherwise)")
+                    help="fidelity (default): the teacher's images, faster; quality: best FID to real images per "
+                         "compute")
     sp.add_argument("--objective", choices=tuple(MEASURES), default=None,
                     help="search measure (default: the goal's, see README 'Objectives')")
     sp.add_argument("--rescore-images", type=int, default=None,
                     help="re-score the front and the baselines on this many images (default: the problem's, "
-                         "1000 for fashion-mnist; 0: off)")
+                         "for fashion-mnist 256 for the fidelity goal, 1000 for quality; 0: off)")
     sp.add_argument("--promote-every", type=int, default=0, metavar="K",
                     help="every K generations, score the population's non-dominated plans on --promote-images and "
                          "let them compete with that score (default 0: off; see README 'Search options')")

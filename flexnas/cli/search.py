@@ -60,6 +60,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         wall = f"  wall {1 / r['wall_ratio']:.2f}x" if r.get("wall_ratio") else ""
         rv = r.get("rival")
         vs = f"   vs {rv[m]:.4g} at {1 / rv['macs_ratio']:.2f}x ({short_strip(rv['strip'])})" if rv else "   (no baseline as fast)"
-        print(f"  plans/plan_{i}.json  MACs {1 / r['macs_ratio']:.2f}x{wall}  {m} {r[m]:.4g}{vs}")
+        seed = "  (a seed)" if r["seed"] else ""
+        print(f"  plans/plan_{i}.json  MACs {1 / r['macs_ratio']:.2f}x{wall}  {m} {r[m]:.4g}{vs}{seed}")
     print(f"results in {out}/ (front.csv, plans/, pareto.png, grids/, summary.json)")
     return 0

@@ -28,7 +28,8 @@ class Problem:
     scheduler_kwargs: dict = field(default_factory=dict)
     T: int = 100
     num_images: int = 64
-    rescore_images: int = 0  # images a search re-scores its front on (0: none; --rescore-images)
+    rescore_images: dict[str, int] = field(default_factory=dict)  # per goal: images a search re-scores its
+    # front on (a goal not named: none; --rescore-images)
     seed: int = 0
     batch_size: int = 64
     eta: float = 0.0

@@ -162,6 +162,8 @@ def write_run_outputs(res, problem, out: Path, candidates, n_choose: int = 5, wa
     searched = [r for r in pool if not plan_family(r["plan"])]
     chosen = choose(searched or pool, n_choose)
     plans = [Plan.from_dict(r["plan"]) for r in chosen]
+    for r in chosen:  # first evaluated in the initial population: a seed the search started from, not one it found
+        r["seed"] = r["generation"] == 1
     for r, t in zip(chosen, evaluator.wall_ratios(plans, wall_images) if wall_images else []):
         r.update(t)
     everything = rescored if cfg.rescore_images else records
@@ -196,7 +198,7 @@ def write_run_outputs(res, problem, out: Path, candidates, n_choose: int = 5, wa
         "objective": cfg.objective,
         "measure": measure,  # what the chosen plans were picked and reported by
         "best": best_record(front, cfg),
-        "chosen_plans": [{k: r.get(k) for k in (measure, "macs_ratio", "wall_ratio", "strip", "rival")}
+        "chosen_plans": [{k: r.get(k) for k in (measure, "macs_ratio", "wall_ratio", "strip", "seed", "rival")}
                          for r in chosen],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

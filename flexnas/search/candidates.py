@@ -32,12 +32,13 @@ def check_runnable(evaluator: Evaluator, config: SearchConfig) -> None:
     problem = evaluator.loaded.problem
     real = evaluator.reference()
     if config.goal is None:
-        config.goal = "quality" if real is not None else "fidelity"
+        config.goal = "fidelity"  # docs/DESIGN.md, section 4: what an accelerator promises
     if config.objective is None:
         config.objective = DEFAULT_MEASURE[config.goal]
     check_measure(config.objective, real)
     if config.rescore_images is None:
-        config.rescore_images = problem.rescore_images if problem.rescore_images > evaluator.n else 0
+        n = problem.rescore_images.get(config.goal, 0)
+        config.rescore_images = n if n > evaluator.n else 0
     for flag, more in (("--rescore-images", config.rescore_images), ("--promote-images", config.promote_images)):
         if more and more <= evaluator.n:
             raise FlexnasError(f"{flag} {more} must exceed the {evaluator.n} screening images (--images): "

@@ -22,7 +22,7 @@ class SearchConfig:
     seed: int = 0
     macs_budget: float | None = None
     images: int | None = None
-    goal: str | None = None  # quality or fidelity (None: quality where the problem has real-image statistics)
+    goal: str | None = None  # fidelity or quality (None: fidelity)
     objective: str | None = None  # a measure of flexnas.metrics.measures (None: the goal's default)
     skip: bool = True  # segments after the first may be skipped (False: the paper's space)
     rescore_images: int | None = None  # re-score the front and baselines on this many images (0: no; None: the problem's)
