@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 from scipy.stats import kendalltau, spearmanr
 
@@ -150,6 +151,31 @@ def test_fronts_mid_sends_the_plans_that_beat_most_baselines_then_spreads_the_re
     assert sent == [256, 256]
     b.s.front_mid = 3
     assert fronts_mid(b, [run], base) == [[{"plan": front[i]["plan"]} for i in (2, 0, 1)]]
+
+
+def test_fitted_speedups_recover_step_costs_and_outvote_one_plans_noise():
+    """Round ratios made from known costs per step kind (in teacher units) give back those costs and each
+    plan's exact speed-up; a plan whose own timings ran 30% slow keeps the model's speed-up, which its
+    step counts and everyone else's timings fix."""
+    from benchmarks.compare import fitted_speedups, step_kinds
+    from flexnas.plan.plan import Plan
+
+    sch, br = "DDIMScheduler", 2
+    plans = [Plan.teacher(sch, k) for k in (5, 10, 20, 25)]
+    plans += [Plan.deepcache(sch, 100, k, b) for k in (4, 5, 10) for b in range(br)]
+    plans += [Plan.step_reduction(sch, 100, k) for k in (10, 20)]
+    cost = np.array([0.004, 0.0098, 0.003, 0.005, 0.0001])  # constant, FULL, PARTIAL b0, b1, NULL
+    true = [float(step_kinds(p, br) @ cost) for p in plans]
+    exact = [[t] * 3 for t in true]
+    speed, fit = fitted_speedups(plans, exact, br)
+    assert speed == pytest.approx([1 / t for t in true], rel=1e-9)
+    assert list(fit["costs"].values()) == pytest.approx(cost.tolist(), rel=1e-6, abs=1e-9)
+    assert fit["max_gap"] == pytest.approx(0, abs=1e-9)
+    noisy = [list(r) for r in exact]
+    noisy[1] = [true[1] * 1.3] * 3  # DDIM-10 timed 30% slow in every round
+    speed, fit = fitted_speedups(plans, noisy, br)
+    assert abs(speed[1] * true[1] - 1) < 0.1 < abs(1 / float(np.median(noisy[1])) * true[1] - 1)
+    assert fit["max_gap"] > 0.15 and fit["median_gap"] < 0.05
 
 
 def test_promotion_benchmark_runs_every_arm_and_judges_on_other_noise(tmp_path, monkeypatch):

@@ -166,8 +166,8 @@ class Evaluator:
 
     def wall_ratios(self, plans: list[Plan], images: int = 16, rounds: int = 3, seed: int = 0) -> list[dict[str, float]]:
         """Each plan's wall-clock against the teacher's: ``wall_s``, ``teacher_wall_s`` (medians over the
-        rounds) and ``wall_ratio`` (the median over the rounds of the plan's time over that round's teacher
-        time).
+        rounds), ``round_ratios`` (each round's plan time over that round's teacher time) and ``wall_ratio``
+        (their median).
 
         One warm-up round, then ``rounds`` rounds, each timing every plan once in its own shuffled order
         between two timings of the teacher (their mean is the round's teacher time). Timing the teacher
@@ -191,7 +191,7 @@ class Evaluator:
                     times[i].append(t)
                     ratios[i].append(t / tw)
         return [{"wall_s": statistics.median(times[i]), "teacher_wall_s": statistics.median(teacher),
-                 "wall_ratio": statistics.median(ratios[i])} for i in range(len(plans))]
+                 "round_ratios": ratios[i], "wall_ratio": statistics.median(ratios[i])} for i in range(len(plans))]
 
     def score_latents(self, plan: Plan, latents: torch.Tensor) -> dict[str, Any]:
         """rFID, FID to real (None without real statistics), MACs and MACs ratio of ``plan``'s latents."""

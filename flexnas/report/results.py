@@ -17,7 +17,7 @@ from flexnas.report.plots import plan_family, plot_pareto, save_grid, side_by_si
 BASE_FIELDS = ("key", "generation", "family", "N", "strip", "macs", "macs_ratio")
 # what varies from run to run (timings, calls made, and the generation of a record evaluated again after a
 # damaged evaluations.jsonl): kept out of the files that describe the result
-COST_FIELDS = ("eval_s", "sample_s", "calls", "wall_s", "teacher_wall_s", "wall_ratio", "generation")
+COST_FIELDS = ("eval_s", "sample_s", "calls", "wall_s", "teacher_wall_s", "round_ratios", "wall_ratio", "generation")
 TAIL_FIELDS = (*COST_FIELDS, "naive_calls", "genome")
 
 
