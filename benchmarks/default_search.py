@@ -72,7 +72,8 @@ def run(run_dir: Path | None, images: int, finalists: int, s: Settings) -> dict:
                      "rivals_faster": len(faster), "best_rival": best,
                      "wins": best is not None and own[q] < best[q]})  # faster than every baseline is no win
     return {"run": str(run_dir), "goal": goal, "images": images, "screen_images": s.mid_images, "finalists": finalists,
-            "wall": f"{s.wall_images} images, median of {s.wall_repeats} rounds", "rows": rows,
+            "wall": f"{s.wall_images} images, {s.wall_repeats} interleaved rounds, speed-ups modelled per step kind "
+                    "as in benchmarks.compare", "wall_fit": b.wall_fit, "rows": rows,
             "total_s": time.time() - t0, "machine": machine()}
 
 

@@ -164,7 +164,7 @@ class Evaluator:
             return math.nan
         return self.clip.score(self.loaded.decode(latents), self.loaded.prompts(0, len(latents)))
 
-    def wall_ratios(self, plans: list[Plan], images: int = 16, rounds: int = 3, seed: int = 0) -> list[dict[str, float]]:
+    def wall_ratios(self, plans: list[Plan], images: int = 16, rounds: int = 3, seed: int = 0) -> list[dict[str, Any]]:
         """Each plan's wall-clock against the teacher's: ``wall_s``, ``teacher_wall_s`` (medians over the
         rounds), ``round_ratios`` (each round's plan time over that round's teacher time) and ``wall_ratio``
         (their median).
