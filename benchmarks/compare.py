@@ -61,7 +61,7 @@ class Settings:
     front_mid: int = 4  # front plans per search re-scored on mid_images
     front_hi: int = 2  # of those, the fewest that beat the most baselines, re-scored on hi_images (GA: 1)
     wall_images: int = 16
-    wall_repeats: int = 5  # rounds: at 3, step reduction timed 0.90-1.21x of its MACs speed-up (9d4e955)
+    wall_repeats: int = 5  # timing rounds (``Evaluator.wall_ratios``)
 
     @classmethod
     def quick(cls, problem: str) -> "Settings":
@@ -269,8 +269,8 @@ def step_kinds(plan: Plan, branches: int) -> np.ndarray:
 
 def fitted_speedups(plans: list[Plan], round_ratios: list[list[float]], branches: int) -> tuple[list[float], dict]:
     """Each plan's wall-clock speed-up from a non-negative least-squares cost per step kind (scipy's
-    ``nnls``), fitted on every round of every plan (time over the round's teacher time = step counts x costs, in units of the teacher's
-    measured time).
+    ``nnls``), fitted on every round of every plan: time over the round's teacher time = step counts x
+    costs, in units of the teacher's measured time.
 
     On 2 shared cores one timing of 16 images swings by 10-30% (the teacher took 8.5-12.7 s in four
     timings in a row at c708602), so a plan's own median decides wins within that margin; a sampling run
@@ -289,11 +289,11 @@ def fitted_speedups(plans: list[Plan], round_ratios: list[list[float]], branches
 
 
 def walls(b: Bench, records: list[dict]) -> dict[str, dict]:
-    """Wall-clock speed-up of every record against the teacher (``WALL_FIELDS``, set on the records, and
-    returned by strip),
-    eager (as ``flexnas.apply`` runs in a user's stock pipeline), whether or not the images were sampled
-    compiled: timed in interleaved rounds (``Evaluator.wall_ratios``), then ``fitted_speedups`` (each
-    record's own median kept as ``wall_speedup_median``; the fit in ``b.wall_fit``)."""
+    """Wall-clock speed-up of every record against the teacher (``WALL_FIELDS``, set on the records and
+    returned by strip), eager (as ``flexnas.apply`` runs in a user's stock pipeline) whether or not the
+    images were sampled compiled: timed in interleaved rounds (``Evaluator.wall_ratios``), then
+    ``fitted_speedups`` (each record's own median kept as ``wall_speedup_median``, the fit in
+    ``b.wall_fit``)."""
     ev = Evaluator(get_problem(b.s.problem, **b.s.problem_overrides(compile=False)), images=b.s.wall_images)
     plans = {r["strip"]: Plan.from_dict(r["plan"]) for r in records if r["family"] != "teacher"}
     timed = ev.wall_ratios(list(plans.values()), b.s.wall_images, b.s.wall_repeats)
