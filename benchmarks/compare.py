@@ -367,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     figures = Path(args.figures) if args.figures else report.parent / "figures"
 
     def go() -> int:
-        out = rerender(Path(args.results), report, figures) if args.render_only else run(s, report, Path(args.results), figures)
+        results = Path(args.results)
+        out = rerender(results, report, figures) if args.render_only else run(s, report, results, figures)
         for t in out["targets"]:
             print(f"{'met ' if t['met'] else 'MISS'} {t['target']}: {t['measured']}")
         print(f"wrote {report}")

@@ -103,15 +103,15 @@ def headroom(out: dict, quality: list[dict], most: float) -> list[dict]:
     faster than that), and FID to real within the level of the teacher's on the screening images."""
     q = GROUND_TRUTH["quality"]
     t = next((r for r in out["baselines_screened"] if r["family"] == "teacher"), None)
-    res = []
+    total, res = len(evaluated(out, "quality", 0)), []
     for row in quality if t else []:
         fastest = fastest_baseline(row)
         if fastest is None:
             continue
-        pts = evaluated(out, "quality", 1.25 * fastest / most)
-        res.append({"level": row["level"], "need_macs_speedup": 1.25 * fastest / most, "plans": len(pts),
-                    "evaluated": len(evaluated(out, "quality", 0)), "best": min(pts, default=None),
-                    "bound": t[q] * (1 + row["level"]), "images": t["images"]})
+        need = 1.25 * fastest / most
+        pts = evaluated(out, "quality", need)
+        res.append({"level": row["level"], "need_macs_speedup": need, "plans": len(pts), "evaluated": total,
+                    "best": min(pts, default=None), "bound": t[q] * (1 + row["level"]), "images": t["images"]})
     return res
 
 

@@ -162,13 +162,12 @@ def write_run_outputs(res, problem, out: Path, candidates, n_choose: int = 5, wa
     searched = [r for r in pool if not plan_family(r["plan"])]
     chosen = choose(searched or pool, n_choose)
     plans = [Plan.from_dict(r["plan"]) for r in chosen]
-    for r in chosen:  # first evaluated in the initial population: a seed the search started from, not one it found
-        r["seed"] = r["generation"] == 1
     for r, t in zip(chosen, evaluator.wall_ratios(plans, wall_images) if wall_images else []):
         r.update(t)
     everything = rescored if cfg.rescore_images else records
     for i, (r, plan) in enumerate(zip(chosen, plans)):
         extra: dict[str, Any] = {k: r[k] for k in (cfg.objective, measure, "macs_ratio") if k in r}
+        r["seed"] = r["generation"] == 1  # first evaluated in the initial population: started from, not found
         best = rival(r, everything, measure)
         r["rival"] = None if best is None else {"strip": best["strip"], measure: best[measure],
                                                 "macs_ratio": best["macs_ratio"]}
