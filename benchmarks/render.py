@@ -244,7 +244,11 @@ def render(out: dict, figures: Path, report: Path) -> str:
         per = ", ".join(f"{k} {v:.4g}" for k, v in h["per_family"].items())
         lines.append(f"| {goal} | ({h['reference'][0]:.4g}, {h['reference'][1]}) | {h['baselines']:.4g} | "
                      f"{h['flexnas']:.4g} | {per} |")
+    pops = ", ".join(f"{g} {n}" for g, n in s["pop"].items())
     lines += ["", "### Searches (equal evaluation budgets)", "",
+              f"Population {pops}, {s['gens']} generations; NSGA-II keeps its plans' MACs ratio between "
+              f"{min(s['step_counts']) / out['T']:.3g} (the fastest baseline's) and {s['fast_region']}, GA below "
+              f"{s['ga_budget']}.", "",
               "| run | measure | evaluated | search time | denoiser calls made / naive | front (feasible) |",
               "|---|---|---|---|---|---|"]
     for r in out["runs"]:

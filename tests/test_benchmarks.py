@@ -28,6 +28,13 @@ def test_quick_benchmark_writes_report_and_figures(tmp_path, monkeypatch):
     runs = {(r["goal"], r["algorithm"], r["skip"]) for r in data["runs"]}
     assert {("quality", "nsga2", True), ("quality", "ga", True), ("quality", "nsga2", False),
             ("fidelity", "nsga2", True)} <= runs
+    # NSGA-II fronts keep their feasible plans between the fastest baseline's MACs and the fast region
+    st = data["settings"]
+    for r in data["runs"]:
+        assert r["feasible_front"] and r["evaluated"] >= st["pop"][r["goal"]]
+        if r["algorithm"] == "nsga2":
+            assert all(min(st["step_counts"]) / data["T"] <= f["macs_ratio"] <= st["fast_region"]
+                       for f in r["feasible_front"])
     # a front plan of a baseline shape (a kept seed) is filed under its baseline family, not as searched
     from flexnas.report.plots import plan_family
 

@@ -460,6 +460,24 @@ def test_ga_problem_constraint(small_config, tmp_path):
     assert out["G"][1, 0] == pytest.approx(0.2 - 0.5)
 
 
+def test_nsga2_problem_floor_and_budget_constraints(small_config, tmp_path):
+    """With a floor, a plan faster than it is infeasible by exactly the MACs it lacks (pymoo's G <= 0: met)."""
+    cfg = SearchConfig(**{**small_config.__dict__, "macs_budget": 0.55, "macs_floor": 0.3}).validate()
+    ev = CandidateEvaluator.get(cfg, 1)
+    space = SearchSpace.build("DDIMScheduler", 10, len(ev.loaded.branches), [2, 5, 10])
+    problem = GenomeProblem(space, cfg, tmp_path)
+    X = np.array([space.join(10, np.zeros(10, int), np.ones(10, int)),  # the teacher: over the budget
+                  space.join(2, np.array([0, 0]), np.array([1, 1])),  # 2 FULL steps: below the floor
+                  space.join(5, np.zeros(5, int), np.array([1, 1, 2, 1, 1]))])  # 5 FULL, 1 PARTIAL: inside
+    out = problem.evaluate(X, return_as_dictionary=True)
+    macs = out["F"][:, 1]
+    assert out["G"].shape == (3, 2) and problem.n_ieq_constr == 2
+    np.testing.assert_allclose(out["G"], np.stack([macs - 0.55, 0.3 - macs], axis=1))
+    assert macs[1] == pytest.approx(0.2) and 0.5 < macs[2] < 0.55
+    assert [cfg.feasible(m) for m in macs] == [False, False, True]
+    assert (out["G"] <= 0).all(axis=1).tolist() == [False, False, True]
+
+
 # --------------------------------------------------------------------------- prefix reuse
 def test_prefix_reuse_is_exact_and_saves_calls(small_config):
     ev = CandidateEvaluator.get(small_config, 1)
@@ -657,6 +675,8 @@ def assert_one_error_line(capsys) -> str:
     (["--algorithm", "ga"], "--macs-budget"),
     (["--macs-budget", "1.5"], "--macs-budget"),
     (["--macs-budget", "0"], "--macs-budget"),
+    (["--macs-floor", "0"], "--macs-floor"),
+    (["--macs-budget", "0.3", "--macs-floor", "0.3"], "below the MACs budget"),
     (["--workers", "0"], "--workers"),
     (["--workers", "2", "--dask", "tcp://127.0.0.1:9"], "not both"),
     (["--choose", "-1"], "--choose"),

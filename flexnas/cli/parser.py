@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--macs-budget", type=float, default=None,
                     help="MACs ratio bound (e.g. 0.3): GA needs one; NSGA-II keeps its front below it")
+    sp.add_argument("--macs-floor", type=float, default=None,
+                    help="MACs ratio the plans must keep (e.g. 0.05: no plan more than 20x faster, the fastest you "
+                         "would use): the population spends no places on plans too fast to matter")
     sp.add_argument("--images", type=int, default=None, help="images per screening evaluation (default: the problem's)")
     sp.add_argument("--goal", choices=GOALS, default=None,
                     help="fidelity (default): the teacher's images, faster; quality: best FID to real images per "

@@ -32,7 +32,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     overrides.pop("null_mode", None)  # SearchConfig.null_mode carries it
     label = load_problem(args).name  # checks the problem / model before any run folder is made
     config = SearchConfig(problem=spec, algorithm=args.algorithm, pop=args.pop, gens=args.gens,
-                          seed=args.seed, macs_budget=args.macs_budget, images=args.images, goal=args.goal,
+                          seed=args.seed, macs_budget=args.macs_budget,
+                          macs_floor=args.macs_floor, images=args.images, goal=args.goal,
                           objective=args.objective, skip=not args.paper_space,
                           rescore_images=args.rescore_images, promote_every=args.promote_every,
                           promote_images=args.promote_images, segments=int_list(args.segments, "segments"),
@@ -53,7 +54,7 @@ def cmd_search(args: argparse.Namespace) -> int:
           f"{summary['denoiser_calls_made']} made vs {summary['denoiser_calls_naive']} naive")
     algo = problem.config.algorithm  # a resumed run keeps its own
     if best and algo == "ga":
-        note = "" if best["feasible"] else "  (no plan met the MACs budget: least infeasible)"
+        note = "" if best["feasible"] else "  (no plan met the MACs bounds: least infeasible)"
         print(f"best {obj} {best[obj]:.4g} at MACs ratio {best['macs_ratio']:.3f}{note}")
     print(f"chosen plans ({m}; beside the best baseline at least as fast):")
     for i, r in enumerate(summary["chosen_plans"]):

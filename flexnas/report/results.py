@@ -108,13 +108,13 @@ def choose(front: list[dict], k: int) -> list[dict]:
 
 
 def best_record(front: list[dict], cfg) -> dict | None:
-    """The front's best plan by the search objective; for GA, whether it meets the MACs budget."""
+    """The front's best plan by the search objective; for GA, whether it meets the MACs budget (and floor)."""
     if not front:
         return None
     r = min(front, key=lambda r: r.get(cfg.objective, np.inf))
     best = {k: r.get(k) for k in (cfg.objective, "macs_ratio", "strip")}
     if cfg.algorithm == "ga":
-        best["feasible"] = r["macs_ratio"] <= cfg.macs_budget
+        best["feasible"] = cfg.feasible(r["macs_ratio"])
     return best
 
 

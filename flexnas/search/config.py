@@ -21,6 +21,7 @@ class SearchConfig:
     gens: int = 6
     seed: int = 0
     macs_budget: float | None = None
+    macs_floor: float | None = None  # plans with fewer MACs (faster than any speed wanted) are infeasible
     images: int | None = None
     goal: str | None = None  # fidelity or quality (None: fidelity)
     objective: str | None = None  # a measure of flexnas.metrics.measures (None: the goal's default)
@@ -58,6 +59,9 @@ class SearchConfig:
                 raise FlexnasError("--algorithm ga needs --macs-budget X (MACs ratio to the teacher, 0 < X <= 1)")
         if self.macs_budget is not None and not 0 < self.macs_budget <= 1:
             raise FlexnasError(f"--macs-budget must be in (0, 1], got {self.macs_budget}")
+        if self.macs_floor is not None and not 0 < self.macs_floor < (self.macs_budget or 1):
+            raise FlexnasError(f"--macs-floor must be in (0, {self.macs_budget or 1}) (below the MACs budget), "
+                               f"got {self.macs_floor}")
         return self
 
     def problem_overrides(self) -> dict[str, Any]:
@@ -66,13 +70,21 @@ class SearchConfig:
             o["null_mode"] = self.null_mode
         return o
 
+    def constraints(self, macs) -> list:
+        """pymoo's inequality constraints (<= 0 when met) on MACs ratios ``macs``: the budget, the floor."""
+        return ([macs - self.macs_budget] if self.macs_budget is not None else []) + \
+            ([self.macs_floor - macs] if self.macs_floor is not None else [])
+
+    def feasible(self, macs: float) -> bool:
+        return all(g <= 1e-12 for g in self.constraints(macs))
+
 
 EVAL_FIELDS = ("problem", "overrides", "images", "null_mode", "extractor", "extractor_weights")
 
 
 # a resumed run keeps its settings: options that would change them are refused (CLI flag of each field)
 RESUME_FLAGS = {"problem": "--problem/--model", "algorithm": "--algorithm", "pop": "--pop", "seed": "--seed",
-                "macs_budget": "--macs-budget", "images": "--images", "goal": "--goal", "objective": "--objective",
+                "macs_budget": "--macs-budget", "macs_floor": "--macs-floor", "images": "--images", "goal": "--goal", "objective": "--objective",
                 "skip": "--paper-space", "rescore_images": "--rescore-images", "promote_every": "--promote-every",
                 "promote_images": "--promote-images", "segments": "--segments",
                 "branches": "--branches", "null_mode": "--null-mode", "extractor": "--extractor",

@@ -27,13 +27,14 @@ def genome_key(x: np.ndarray) -> str:
 
 
 class GenomeProblem(Problem):
-    """Minimise (objective, MACs ratio) [NSGA-II] or objective s.t. MACs ratio <= budget [GA]."""
+    """Minimise (objective, MACs ratio) [NSGA-II] or objective s.t. MACs ratio <= budget [GA]; either within
+    ``floor <= MACs ratio`` when the config has a floor."""
 
     def __init__(self, space: SearchSpace, config: SearchConfig, run_dir: Path):
         ga = config.algorithm == "ga"
         xl, xu = space.bounds()
         super().__init__(n_var=space.n_var, n_obj=1 if ga else 2,
-                         n_ieq_constr=0 if config.macs_budget is None else 1,
+                         n_ieq_constr=len(config.constraints(0.0)),
                          xl=xl, xu=xu, vtype=int, exclude_from_serialization=["runner", "cache", "task", "progress"])
         self.space, self.config, self.run_dir = space, config, run_dir
         self.generation = 1
@@ -99,5 +100,5 @@ class GenomeProblem(Problem):
         obj = np.array([self.score(k, r) for k, r in zip(keys, recs)], dtype=float)
         macs = np.array([r["macs_ratio"] for r in recs], dtype=float)
         out["F"] = obj[:, None] if self.config.algorithm == "ga" else np.stack([obj, macs], axis=1)
-        if self.config.macs_budget is not None:
-            out["G"] = (macs - self.config.macs_budget)[:, None]
+        if self.n_ieq_constr:
+            out["G"] = np.stack(self.config.constraints(macs), axis=1)
