@@ -31,7 +31,7 @@ from flexnas.models.registry import get_problem
 from flexnas.plan.plan import Plan
 from flexnas.plan.space import SearchSpace
 from flexnas.report.plots import plan_family
-from flexnas.report.results import choose, nondominated
+from flexnas.report.results import choose, front_records, nondominated
 from flexnas.search.candidates import CandidateEvaluator
 from flexnas.search.config import SearchConfig
 from flexnas.search.runner import run_search
@@ -187,10 +187,10 @@ def searches(b: Bench, measures: dict[str, dict], runs_dir: Path) -> list[dict]:
                            overrides=s.problem_overrides())
         run_dir = runs_dir / name
         resume = run_dir.is_dir() and any(run_dir.iterdir())  # a stopped benchmark continues its searches
+        if resume:
+            check_same_search(cfg, run_dir)
         t0 = time.time()
         res, prob = run_search(cfg, run_dir, resume=resume, progress=False)
-        from flexnas.report.results import front_records
-
         recs = list(prob.cache.records.values())
         front = front_records(res, prob)
         calls = sum(r["calls"] for r in recs)
@@ -201,6 +201,21 @@ def searches(b: Bench, measures: dict[str, dict], runs_dir: Path) -> list[dict]:
                     "points": [[x["macs_ratio"], x[m["measure"]]] for x in recs],  # every plan it evaluated
                     "feasible_front": [f for f in front if cfg.feasible(f["macs_ratio"])]})
     return out
+
+
+def check_same_search(cfg: SearchConfig, run_dir: Path) -> None:
+    """Refuse to continue a search folder made with other settings: ``flexnas search --resume`` keeps a
+    run's own settings, so the benchmark would report a search other than the one its settings name."""
+    try:
+        saved = json.loads((run_dir / "run.json").read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        saved = None
+    mine = json.loads(json.dumps(asdict(cfg), default=str))  # None: the run fills it in (e.g. rescore_images)
+    diff = ["run.json"] if saved is None else \
+        [k for k, v in mine.items() if k != "gens" and v is not None and saved.get(k) != v]
+    if diff:
+        raise FlexnasError(f"{run_dir} holds a search with other settings ({', '.join(diff)}): move "
+                           "it away to search again (the feature store keeps its evaluations)")
 
 
 def beaten(r: dict, baselines: list[dict], key: str, n: int, by: str = "macs") -> set[int]:

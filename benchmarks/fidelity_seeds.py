@@ -2,7 +2,7 @@
 
     python -m benchmarks.fidelity_seeds [--images 256] [--seed 0]
 
-Runs the benchmark's fidelity search (NSGA-II, population 12, 4 generations, paired distance on 64
+Runs a fidelity search (NSGA-II, population 12, 4 generations: the benchmark's before 71e21f8; paired distance on 64
 images, MACs ratio <= 0.35) with ``FlexSampling(trailing_null=True)``, then scores its feasible
 front, the uniform trailing-NULL plans themselves, and the fast-region baselines (stock
 ``num_inference_steps=k`` for k = 5..35, DeepCache uniform at every interval and branch) on the

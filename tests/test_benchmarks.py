@@ -257,3 +257,23 @@ def test_default_search_benchmark_judges_chosen_plans_against_every_faster_basel
     assert default_search.main(["--quick", "--run", str(tmp_path), "--results", str(results)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no chosen.json" in err[0]
+
+
+def test_benchmark_refuses_to_continue_a_search_made_with_other_settings(tmp_path):
+    """``--resume`` keeps a run's own settings; the benchmark must not report that run as its own search."""
+    from dataclasses import asdict
+
+    from benchmarks.compare import check_same_search
+    from flexnas.errors import FlexnasError
+    from flexnas.search.config import SearchConfig
+
+    cfg = SearchConfig(pop=16, gens=4, goal="fidelity", objective="paired", macs_budget=0.35, macs_floor=0.05)
+    saved = {**asdict(cfg), "gens": 2, "rescore_images": 256}  # fewer generations done; a value the run filled in
+    (tmp_path / "run.json").write_text(json.dumps({"config": saved}))
+    check_same_search(cfg, tmp_path)  # the same search: it continues
+    (tmp_path / "run.json").write_text(json.dumps({"config": {**saved, "pop": 12, "macs_floor": None}}))
+    with pytest.raises(FlexnasError, match=r"other settings \(pop, macs_floor\)"):
+        check_same_search(cfg, tmp_path)
+    (tmp_path / "run.json").write_text("{")
+    with pytest.raises(FlexnasError, match=r"run\.json"):
+        check_same_search(cfg, tmp_path)
