@@ -67,7 +67,8 @@ class Settings:
     def quick(cls, problem: str) -> "Settings":
         return cls(problem=problem, overrides={"T": 20, "batch_size": 8}, screen_images=8, mid_images=16,
                    hi_images=24, slow_images=8, step_counts=(2, 3, 4, 5, 10), deepcache_intervals=(2, 5), per_family=2,
-                   random_plans=1, pop={"quality": 4, "fidelity": 4}, gens=2, nsga2_seeds=(0,), ga_seeds=(0,), ga_budget=0.5,
+                   random_plans=1, pop={"quality": 4, "fidelity": 4}, gens=2, nsga2_seeds=(0,), ga_seeds=(0,),
+                   ga_budget=0.5,
                    paper_space_seeds=(0,), front_hi=1, fast_region=0.6, wall_images=2, wall_repeats=1, compile=False)
 
     def problem_overrides(self, compile: bool | None = None) -> dict:
