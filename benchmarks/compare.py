@@ -347,6 +347,7 @@ def run(s: Settings, report: Path, results: Path, figures: Path) -> dict:
     study = b.stage("objective study", objective_study, b, hi_records)
     out = {"settings": asdict(s), "T": b.T, "machine": machine(), "teacher": teacher,
            "baselines_screened": base, "baselines_mid": base_mid, "hi": hi_records, "runs": runs,
+           "fronts_mid": [f for m in mids for f in m],  # what decided which front plans reached hi_images
            "study_baselines": study0, "study": study, "measures": measures, "timings": b.timings,
            "wall_fit": b.wall_fit,
            "total_s": time.time() - t_start}

@@ -28,6 +28,10 @@ def test_quick_benchmark_writes_report_and_figures(tmp_path, monkeypatch):
     runs = {(r["goal"], r["algorithm"], r["skip"]) for r in data["runs"]}
     assert {("quality", "nsga2", True), ("quality", "ga", True), ("quality", "nsga2", False),
             ("fidelity", "nsga2", True)} <= runs
+    # the front plans re-scored on mid_images are saved, and every one sent to hi_images came from them
+    mid_strips = {(r["family"], r["strip"]) for r in data["fronts_mid"]}
+    assert all(r["images"] == data["settings"]["mid_images"] for r in data["fronts_mid"])
+    assert {(r["family"], r["strip"]) for r in data["hi"] if "front" in r["name"]} <= mid_strips
     # NSGA-II fronts keep their feasible plans between the fastest baseline's MACs and the fast region
     st = data["settings"]
     for r in data["runs"]:
