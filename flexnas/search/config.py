@@ -84,7 +84,8 @@ EVAL_FIELDS = ("problem", "overrides", "images", "null_mode", "extractor", "extr
 
 # a resumed run keeps its settings: options that would change them are refused (CLI flag of each field)
 RESUME_FLAGS = {"problem": "--problem/--model", "algorithm": "--algorithm", "pop": "--pop", "seed": "--seed",
-                "macs_budget": "--macs-budget", "macs_floor": "--macs-floor", "images": "--images", "goal": "--goal", "objective": "--objective",
+                "macs_budget": "--macs-budget", "macs_floor": "--macs-floor", "images": "--images", "goal": "--goal",
+                "objective": "--objective",
                 "skip": "--paper-space", "rescore_images": "--rescore-images", "promote_every": "--promote-every",
                 "promote_images": "--promote-images", "segments": "--segments",
                 "branches": "--branches", "null_mode": "--null-mode", "extractor": "--extractor",
