@@ -93,7 +93,8 @@ def test_fidelity_seeds_marks_a_baseline_beaten_only_by_a_faster_closer_plan():
     from benchmarks.fidelity_seeds import mark_beaten, render
 
     def row(name, kind, wall, paired):
-        return {"name": name, "kind": kind, "wall_speedup": wall, "macs_speedup": wall, "paired": paired, "strip": "F"}
+        return {"name": name, "kind": kind, "wall_speedup": wall, "wall_speedup_median": wall + 0.25,
+                "macs_speedup": wall, "paired": paired, "strip": "F"}
 
     rows = [row("fast close", "searched", 4.0, 1.2), row("faster", "searched", 5.0, 1.5),
             row("slow base", "baseline", 3.0, 1.3),  # both searched plans are faster; only one is closer
@@ -101,8 +102,10 @@ def test_fidelity_seeds_marks_a_baseline_beaten_only_by_a_faster_closer_plan():
             row("fast base", "baseline", 6.0, 2.0)]  # nothing as fast
     mark_beaten(rows)
     assert [r.get("beaten_by") for r in rows] == [None, None, "fast close", None, None]
-    text = render({"rows": rows, "seed": 0, "images": 256, "total_s": 60, "machine": "m"})
-    assert "**1 of 3 fast-region baselines beaten**" in text and "| slow base | baseline | 3.00x |" in text
+    text = render({"rows": rows, "seed": 0, "images": 256, "total_s": 60, "machine": "m", "pop": 16, "gens": 4,
+                   "floor": 0.05, "budget": 0.35, "screen_images": 64, "wall_fit": {"median_gap": 0.02, "max_gap": 0.1}})
+    assert "**1 of 3 fast-region baselines beaten**" in text and "| slow base | baseline | 3.00x (3.25x) |" in text
+    assert "population 16, 4 generations, paired on 64 images, MACs ratio between 0.05 and 0.35" in text
 
 
 

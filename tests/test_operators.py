@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from pymoo.core.population import Population
 
+from flexnas.metrics.macs import MacCounter
 from flexnas.plan.space import SearchSpace
-from flexnas.search.operators import CanonicalDuplicateElimination, FlexSampling, SegmentCrossover, SegmentMutation
+from flexnas.search.operators import (CanonicalDuplicateElimination, FlexSampling, SegmentCrossover, SegmentMutation,
+                                      spread_order)
 
 S = "DDIMScheduler"
 SEEDS = range(200)
@@ -77,21 +79,52 @@ def test_sampling_seeds_teacher_then_uniform():
 
 
 def test_fidelity_sampling_adds_deepcache_with_trailing_null_steps():
-    """``trailing_null``: a fourth seed family in the turn, every segment ``F p.. . .`` (1 < k < L) at the
+    """``trailing_null``: a fourth seed family, first in the turn, every segment ``F p.. . .`` (1 < k < L) at the
     shallowest branch, each (N, k) once, most segments first; the other seeds stay as they were, in order."""
     sp = SPACES["T10-N2,5,10-B6"]  # N=2 (L=5): k = 2, 3, 4; N=5 (L=2) and N=10 have no room
     X = FlexSampling(trailing_null=True)._do(stand_in(sp), 18, random_state=np.random.default_rng(0))
     assert_all_canonical(sp, X)
 
-    def trailing(x) -> tuple[int, int] | None:
-        n, b, k = sp.split(x)
-        return (n, int(k[0])) if 1 < k[0] < sp.T // n and np.all(k == k[0]) and np.all(b == 0) else None
+    def trailing(x):
+        return trailing_key(sp, x)
 
     seeds = X[:18]  # teacher + 12 DeepCache-like + 2 step reductions + 3 trailing-null
     assert list(filter(None, map(trailing, seeds))) == [(2, 4), (2, 3), (2, 2)]  # most active steps first
     assert sp.decode(next(x for x in seeds if trailing(x) == (2, 3))).strip() == "F p0 p0 . . F p0 p0 . ."
     plain = FlexSampling()._do(stand_in(sp), 15, random_state=np.random.default_rng(0))
     assert np.array_equal(np.array([x for x in seeds if trailing(x) is None]), plain)
+
+
+def trailing_key(sp, x) -> tuple[int, int] | None:
+    n, b, k = sp.split(x)
+    return (n, int(k[0])) if 1 < k[0] < sp.T // n and np.all(k == k[0]) and np.all(b == 0) else None
+
+
+def test_sampling_with_macs_keeps_the_constraints_and_spreads_trailing_seeds():
+    """With a MAC counter and ``feasible``, every seed but the teacher meets the constraints (checked with the
+    counter itself), and one segment count's trailing-NULL seeds come fastest, slowest, then between."""
+    sp = SearchSpace(S, 20, (2, 4, 5, 10, 20), (0, 1))  # L=10: k=2..9; L=5: k=2..4; L=4: k=2, 3
+    macs = MacCounter(full=100, partial={0: 10, 1: 30})
+    ok = lambda r: 0.08 <= r <= 0.28  # noqa: E731 - a budget and a floor
+    X = FlexSampling(trailing_null=True, macs=macs, feasible=ok)._do(stand_in(sp), 30,
+                                                                      random_state=np.random.default_rng(0))
+    assert_all_canonical(sp, X)
+    ratio = [macs.ratio(sp.decode(x), sp.T) for x in X]
+    assert ratio[0] == 1.0 and sp.decode(X[0]).N == 20  # the teacher, whose images the measures need anyway
+    seeds = [x for x in X[1:] if trailing_key(sp, x) or is_deepcache(sp, x) or is_step_reduction(sp, x)]
+    assert len(seeds) >= 10 and all(ok(macs.ratio(sp.decode(x), sp.T)) for x in seeds)
+    # trailing members within the constraints: N=5 (L=4): k=2 (0.275); N=4 (L=5): k=2..4 (0.22, 0.24, 0.26);
+    # N=2 (L=10): k=2..9 (0.11 .. 0.18): most segments first, each count spread fastest / slowest / between
+    got = [t for t in map(lambda x: trailing_key(sp, x), X) if t]
+    assert got[:4] == [(5, 2), (4, 2), (4, 4), (4, 3)]
+    assert got[4:7] == [(2, 2), (2, 9), (2, 5)] and sorted(got[4:]) == [(2, k) for k in range(2, 10)]
+    assert trailing_key(sp, X[1]) == (5, 2)  # first in the turn
+
+
+def test_spread_order_against_hand_worked_cases():
+    assert spread_order(list("abcde"), [0, 1, 2, 3, 4]) == list("aecbd")
+    assert spread_order(list("xyz"), [5.0, 1.0, 3.5]) == list("yxz")
+    assert spread_order([], []) == []
 
 
 def test_sampling_without_teacher_in_space():

@@ -6,6 +6,8 @@ bounds from the problem.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 from pymoo.core.crossover import Crossover
 from pymoo.core.duplicate import DuplicateElimination
@@ -13,6 +15,7 @@ from pymoo.core.mutation import Mutation
 from pymoo.core.sampling import Sampling
 from pymoo.core.variable import get
 
+from flexnas.metrics.macs import MacCounter
 from flexnas.plan.space import SearchSpace
 
 
@@ -25,15 +28,24 @@ class FlexSampling(Sampling):
     and (where the first segment may be skipped) stock-spaced step reductions at any step count, in
     turn (the baselines a search should start from), then random genomes.
 
-    ``trailing_null`` adds a fourth family to the turn: DeepCache with trailing NULL steps (every
-    segment ``F p.. . .``: interval k between 1 and L, shallowest branch), most segments first. Between 3.4x and 5x
+    ``trailing_null`` puts a fourth family first in the turn: DeepCache with trailing NULL steps (every
+    segment ``F p.. . .``: interval k between 1 and L <= 10, shallowest branch). Between 3.4x and 5x
     fewer MACs these are far closer to the teacher than step reduction (benchmarks/REPORT.md,
-    "Fidelity seeds"), so fidelity searches start from them.
+    "Fidelity seeds"), so fidelity searches start from them. Without ``macs`` they come most
+    segments first.
+
+    With ``macs`` (the problem's ``MacCounter``) and ``feasible`` (``SearchConfig.feasible``: the MACs
+    budget and floor), seeds outside the constraints are left out: a population of 16 has no place
+    to spend on plans its search must discard. The trailing-NULL seeds of one segment count then
+    come spread over their MACs ratios (``spread_order``, the fastest first), so the few that fit
+    cover that count's speeds rather than its slowest only (benchmarks/REPORT.md, ninth session's
+    findings: 20 x ``F p0 . . .``, 4.4x, was never seeded).
     """
 
-    def __init__(self, trailing_null: bool = False, **kwargs):
+    def __init__(self, trailing_null: bool = False, macs: MacCounter | None = None,
+                 feasible: Callable[[float], bool] | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.trailing_null = trailing_null
+        self.trailing_null, self.macs, self.feasible = trailing_null, macs, feasible
 
     def _do(self, problem, n_samples, *args, random_state=None, **kwargs):
         sp = _space(problem)
@@ -56,17 +68,41 @@ class FlexSampling(Sampling):
                 kk = np.zeros(sp.T, int)
                 kk[pos] = 1
                 leading.append(sp.join(sp.T, np.zeros(sp.T, int), kk))
-        # DeepCache with trailing NULL steps: most segments first (short gaps keep closest to the teacher),
-        # then the most active steps per segment; a fixed order, so other families' draws are unchanged
-        pairs = sorted(((n, k) for n in sp.Ns for k in range(2, sp.T // n)), reverse=True) if self.trailing_null else []
+        # DeepCache with trailing NULL steps, segments of at most 10 steps (longer ones lose to stock step
+        # counts at their speed): most segments first, then the most active steps per segment
+        pairs = sorted(((n, k) for n in sp.Ns if sp.T // n <= 10 for k in range(2, sp.T // n)),
+                       reverse=True) if self.trailing_null else []
         trailing = [sp.join(n, np.zeros(n, int), np.full(n, k)) for n, k in pairs]
-        families = (deepcache, steps, leading, trailing)
+        families = [trailing, deepcache, steps, leading]  # a fixed order: the other families' draws are unchanged
+        if self.macs is not None:
+            ratios = [[self.macs.ratio(sp.decode(g), sp.T) for g in fam] for fam in families]
+            if self.feasible is not None:
+                families = [[g for g, r in zip(fam, rs) if self.feasible(r)] for fam, rs in zip(families, ratios)]
+                ratios = [[r for r in rs if self.feasible(r)] for rs in ratios]
+            by_n: dict[int, list] = {}
+            for g, r in zip(families[0], ratios[0]):
+                by_n.setdefault(int(g[0]), []).append((g, np.log(r)))
+            families[0] = [g for i in sorted(by_n, reverse=True)  # n_index: most segments first
+                           for g in spread_order([g for g, _ in by_n[i]], [v for _, v in by_n[i]])]
         for i in range(max(map(len, families))):
             seeds += [g[i] for g in families if i < len(g)]
         X = seeds[:n_samples]
         while len(X) < n_samples:
             X.append(sp.random(rng))
         return np.array(X, dtype=int)
+
+
+def spread_order(items: list, values) -> list:
+    """``items`` reordered so that every prefix spreads over ``values``: the lowest first, then each
+    time the one farthest from all taken (the highest second, then the gaps halve)."""
+    v = np.asarray(values, dtype=float)
+    order: list[int] = []
+    while len(order) < len(items):
+        gap = [np.inf if not order else min(abs(v[i] - v[j]) for j in order) for i in range(len(items))]
+        for j in order:
+            gap[j] = -1.0
+        order.append(int(np.argmin(v)) if not order else int(np.argmax(gap)))
+    return [items[i] for i in order]
 
 
 class SegmentMutation(Mutation):

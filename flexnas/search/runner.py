@@ -20,6 +20,7 @@ from pymoo.core.callback import CallbackCollection
 from pymoo.termination.max_gen import MaximumGenerationTermination
 
 from flexnas.errors import FlexnasError
+from flexnas.metrics.macs import MacCounter
 from flexnas.models.registry import get_problem
 from flexnas.plan.space import SearchSpace
 from flexnas.search.candidates import CandidateEvaluator, check_runnable
@@ -38,12 +39,13 @@ def ga_tournament(pop, P, **kwargs):
     return comp_by_cv_and_fitness(pop, P, **kwargs)
 
 
-def make_algorithm(space: SearchSpace, config: SearchConfig):
+def make_algorithm(space: SearchSpace, config: SearchConfig, macs: MacCounter | None = None):
+    """pymoo's GA or NSGA-II with the segment operators; with ``macs`` the seeds keep to the constraints."""
     from pymoo.algorithms.moo.nsga2 import NSGA2
     from pymoo.algorithms.soo.nonconvex.ga import GA
     from pymoo.operators.selection.tournament import TournamentSelection
 
-    sampling = FlexSampling(trailing_null=config.goal == "fidelity")
+    sampling = FlexSampling(trailing_null=config.goal == "fidelity", macs=macs, feasible=config.feasible)
     kw = dict(pop_size=config.pop, sampling=sampling, crossover=SegmentCrossover(), mutation=SegmentMutation(),
               eliminate_duplicates=CanonicalDuplicateElimination(space))
     if config.algorithm == "ga":
@@ -149,7 +151,7 @@ def _run(config: SearchConfig, out: Path, resume: bool, workers: int | None, das
             space = SearchSpace.build(base.scheduler, base.T, num_branches, config.segments, config.branches,
                                       base.null_mode, config.skip)
             problem = GenomeProblem(space, config, out)
-            algorithm = make_algorithm(space, config)
+            algorithm = make_algorithm(space, config, CandidateEvaluator.get(config, threads).evaluator.macs)
             (out / "run.json").write_text(json.dumps({"config": asdict(config), "space": asdict(space)}, indent=2,
                                                      default=str))
         evaluator = CandidateEvaluator.get(config, threads).evaluator
