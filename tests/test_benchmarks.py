@@ -284,3 +284,17 @@ def test_benchmark_refuses_to_continue_a_search_made_with_other_settings(tmp_pat
     (tmp_path / "run.json").write_text("{")
     with pytest.raises(FlexnasError, match=r"run\.json"):
         check_same_search(cfg, tmp_path)
+
+
+def test_placement_report_bolds_each_ks_best_and_names_where_stock_is_closest():
+    from benchmarks.placement import render
+
+    def row(k, name, fid, kid, paired):
+        return {"k": k, "placement": name, "full": k, "fid_to_real": fid, "kid_to_real": kid, "paired": paired}
+
+    rows = [row(10, "stock (leading)", 8.3, 1788, 2.04), row(10, "segment starts", 8.9, 1900, 2.09),
+            row(20, "stock (leading)", 5.0, 1200, 1.88), row(20, "segment starts", 5.2, 1150, 1.80)]
+    text = render({"images": 256, "rows": rows, "machine": "m"})
+    assert "| 10 | stock (leading) | **8.300** | **1788** | **2.040** |" in text
+    assert "| 20 | segment starts | 5.200 | **1150** | **1.800** |" in text
+    assert "stock spacing is the closest to the teacher at k = 10;" in text
