@@ -56,9 +56,9 @@ def run(images: int, seed: int) -> dict:
     plans.update({f"trailing N={n} k={k}": ("trailing", Plan.uniform(p.scheduler, p.T, n, k, 0))
                   for n in (10, 20, 25) for k in range(2, p.T // n)})
     plans.update({name: ("baseline", plan) for name, plan in baselines(cand, s).items()})
-    timed = cand.evaluator.wall_ratios([plan for _, plan in plans.values()], s.wall_images, ROUNDS)
-    fitted, fit = fitted_speedups([plan for _, plan in plans.values()], [t["round_ratios"] for t in timed],
-                                  len(cand.loaded.branches))
+    timed_plans = [plan for _, plan in plans.values()]
+    timed = cand.evaluator.wall_ratios(timed_plans, s.wall_images, ROUNDS)
+    fitted, fit = fitted_speedups(timed_plans, [t["round_ratios"] for t in timed], len(cand.loaded.branches))
     rows = []
     for (name, (kind, plan)), t, f in zip(plans.items(), timed, fitted):
         r = cand.evaluate(plan, n=images, measures=["paired"])

@@ -53,7 +53,7 @@ def run(images: int, ks: tuple[int, ...]) -> dict:
     rows = []
     for k in ks:
         for name, plan in placements(p.scheduler, p.T, k).items():
-            r = score(["fid_to_real", "kid_to_real", "paired"], cand.store.features(plan, images), teacher, cand.real)
+            r = score(MEASURES, cand.store.features(plan, images), teacher, cand.real)
             rows.append({"k": k, "placement": name, "full": plan.counts()["full"], **r})
     return {"images": images, "rows": rows, "machine": machine()}
 

@@ -75,12 +75,12 @@ class FlexSampling(Sampling):
         trailing = [sp.join(n, np.zeros(n, int), np.full(n, k)) for n, k in pairs]
         families = [trailing, deepcache, steps, leading]  # a fixed order: the other families' draws are unchanged
         if self.macs is not None:
-            ratios = [[self.macs.ratio(sp.decode(g), sp.T) for g in fam] for fam in families]
+            rated = [[(g, self.macs.ratio(sp.decode(g), sp.T)) for g in fam] for fam in families]
             if self.feasible is not None:
-                families = [[g for g, r in zip(fam, rs) if self.feasible(r)] for fam, rs in zip(families, ratios)]
-                ratios = [[r for r in rs if self.feasible(r)] for rs in ratios]
+                rated = [[(g, r) for g, r in fam if self.feasible(r)] for fam in rated]
+            families = [[g for g, _ in fam] for fam in rated]
             by_n: dict[int, list] = {}
-            for g, r in zip(families[0], ratios[0]):
+            for g, r in rated[0]:
                 by_n.setdefault(int(g[0]), []).append((g, np.log(r)))
             families[0] = [g for i in sorted(by_n, reverse=True)  # n_index: most segments first
                            for g in spread_order([g for g, _ in by_n[i]], [v for _, v in by_n[i]])]
@@ -96,12 +96,10 @@ def spread_order(items: list, values) -> list:
     """``items`` reordered so that every prefix spreads over ``values``: the lowest first, then each
     time the one farthest from all taken (the highest second, then the gaps halve)."""
     v = np.asarray(values, dtype=float)
-    order: list[int] = []
+    order = [int(np.argmin(v))] if len(items) else []
     while len(order) < len(items):
-        gap = [np.inf if not order else min(abs(v[i] - v[j]) for j in order) for i in range(len(items))]
-        for j in order:
-            gap[j] = -1.0
-        order.append(int(np.argmin(v)) if not order else int(np.argmax(gap)))
+        gap = [-1.0 if i in order else min(abs(v[i] - v[j]) for j in order) for i in range(len(items))]
+        order.append(int(np.argmax(gap)))
     return [items[i] for i in order]
 
 

@@ -146,12 +146,12 @@ def _run(config: SearchConfig, out: Path, resume: bool, workers: int | None, das
             (out / "run.json").write_text(json.dumps(meta, indent=2, default=str))
         else:
             base = get_problem(config.problem, **config.problem_overrides())
-            check_runnable(CandidateEvaluator.get(config, threads).evaluator, config)  # before writing anything
-            num_branches = len(CandidateEvaluator.get(config, threads).loaded.branches)
-            space = SearchSpace.build(base.scheduler, base.T, num_branches, config.segments, config.branches,
-                                      base.null_mode, config.skip)
+            cand = CandidateEvaluator.get(config, threads)
+            check_runnable(cand.evaluator, config)  # before writing anything
+            space = SearchSpace.build(base.scheduler, base.T, len(cand.loaded.branches), config.segments,
+                                      config.branches, base.null_mode, config.skip)
             problem = GenomeProblem(space, config, out)
-            algorithm = make_algorithm(space, config, CandidateEvaluator.get(config, threads).evaluator.macs)
+            algorithm = make_algorithm(space, config, cand.evaluator.macs)
             (out / "run.json").write_text(json.dumps({"config": asdict(config), "space": asdict(space)}, indent=2,
                                                      default=str))
         evaluator = CandidateEvaluator.get(config, threads).evaluator
