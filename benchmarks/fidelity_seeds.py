@@ -4,8 +4,9 @@
 
 Runs one fidelity search of ``benchmarks.compare`` (NSGA-II with its population, generations, MACs
 floor and ceiling, paired distance on its screening images; ``FlexSampling`` with the trailing-NULL
-family), then scores its feasible front, the uniform trailing-NULL plans themselves (segments of at
-most 10 steps) and the fast-region baselines (stock ``num_inference_steps=k`` and DeepCache uniform
+and early-PARTIAL families), then scores its feasible front, the uniform trailing-NULL plans themselves
+(segments of at most 10 steps), the early-PARTIAL plans of 5 to 22 FULL steps (``early_partial``: where
+stock step counts were unbeaten) and the fast-region baselines (stock ``num_inference_steps=k`` and DeepCache uniform
 at every interval and branch of ``benchmarks.compare``) on the first ``--images`` images (paired
 distance to the teacher). Wall-clock as ``benchmarks.compare`` models it: interleaved rounds
 against the teacher, a least-squares cost per step kind (``fitted_speedups``), each plan's own
@@ -24,10 +25,13 @@ from benchmarks.common import machine, parse, publish, search_front
 from benchmarks.compare import Settings, fitted_speedups
 from flexnas.errors import report_errors
 from flexnas.plan.plan import Plan
+from flexnas.plan.space import SearchSpace
 from flexnas.search.candidates import CandidateEvaluator
 from flexnas.search.config import SearchConfig
+from flexnas.search.operators import early_partial
 
 ROUNDS = 3  # timing rounds: about 3 min each for the ~60 plans
+EARLY_FULLS = range(5, 23)  # early-PARTIAL plans scored on their own: DDIM-5..22 were unbeaten at e5900e8
 
 
 def baselines(cand: CandidateEvaluator, s: Settings) -> dict[str, Plan]:
@@ -55,6 +59,8 @@ def run(images: int, seed: int) -> dict:
     plans = {f"searched {i}": ("searched", Plan.from_dict(f["plan"])) for i, f in enumerate(front)}
     plans.update({f"trailing N={n} k={k}": ("trailing", Plan.uniform(p.scheduler, p.T, n, k, 0))
                   for n in (10, 20, 25) for k in range(2, p.T // n)})
+    sp = SearchSpace.build(p.scheduler, p.T, len(cand.loaded.branches), skip=True, null_mode=p.null_mode)
+    plans.update({f"early f={f}": ("early", sp.decode(early_partial(sp, f))) for f in EARLY_FULLS})
     plans.update({name: ("baseline", plan) for name, plan in baselines(cand, s).items()})
     timed_plans = [plan for _, plan in plans.values()]
     timed = cand.evaluator.wall_ratios(timed_plans, s.wall_images, ROUNDS)
@@ -83,7 +89,7 @@ def mark_beaten(rows: list[dict]) -> None:
 def render(out: dict) -> str:
     base = sorted((r for r in out["rows"] if r["kind"] == "baseline"), key=lambda r: r["wall_speedup"])
     beaten = sum(r["beaten_by"] is not None for r in base)
-    lines = ["## Fidelity seeds: DeepCache with trailing NULL steps", "",
+    lines = ["## Fidelity seeds: DeepCache with trailing NULL steps, step reduction with early PARTIAL steps", "",
              f"Command: `python -m benchmarks.fidelity_seeds` · search seed {out['seed']} (NSGA-II, population "
              f"{out['pop']}, {out['gens']} generations, paired on {out['screen_images']} images, MACs ratio between "
              f"{out['floor']:.2f} and {out['budget']}) · paired distance on {out['images']} images · wall-clock: "

@@ -11,7 +11,7 @@ from pymoo.core.population import Population
 from flexnas.metrics.macs import MacCounter
 from flexnas.plan.space import SearchSpace
 from flexnas.search.operators import (CanonicalDuplicateElimination, FlexSampling, SegmentCrossover, SegmentMutation,
-                                      spread_order)
+                                      early_partial, spread_order)
 
 S = "DDIMScheduler"
 SEEDS = range(200)
@@ -79,20 +79,48 @@ def test_sampling_seeds_teacher_then_uniform():
 
 
 def test_fidelity_sampling_adds_deepcache_with_trailing_null_steps():
-    """``trailing_null``: a fourth seed family, first in the turn, every segment ``F p.. . .`` (1 < k < L) at the
-    shallowest branch, each (N, k) once, most segments first; the other seeds stay as they were, in order."""
+    """``trailing_null``: two seed families first in the turn, every segment ``F p.. . .`` (1 < k < L) at the
+    shallowest branch, each (N, k) once, most segments first, then ``early_partial``; the other seeds stay
+    as they were, in order."""
     sp = SPACES["T10-N2,5,10-B6"]  # N=2 (L=5): k = 2, 3, 4; N=5 (L=2) and N=10 have no room
-    X = FlexSampling(trailing_null=True)._do(stand_in(sp), 18, random_state=np.random.default_rng(0))
+    X = FlexSampling(trailing_null=True)._do(stand_in(sp), 20, random_state=np.random.default_rng(0))
     assert_all_canonical(sp, X)
 
     def trailing(x):
         return trailing_key(sp, x)
 
-    seeds = X[:18]  # teacher + 12 DeepCache-like + 2 step reductions + 3 trailing-null
+    seeds = X[:20]  # teacher + 12 DeepCache-like + 2 step reductions + 3 trailing-null + 2 early-PARTIAL
     assert list(filter(None, map(trailing, seeds))) == [(2, 4), (2, 3), (2, 2)]  # most active steps first
     assert sp.decode(next(x for x in seeds if trailing(x) == (2, 3))).strip() == "F p0 p0 . . F p0 p0 . ."
+    # without skipping, early-PARTIAL plans exist only where every segment keeps its FULL step: 2 and 5
+    early = [sp.decode(x).strip() for x in seeds if early_key(sp, x)]
+    assert early == ["F p0 . . . F . . . .", "F p0 F . F . F . F ."]
+    assert trailing(X[1]) == (2, 4) and sp.decode(X[2]).strip() == early[0]  # the turn: trailing, early, ...
     plain = FlexSampling()._do(stand_in(sp), 15, random_state=np.random.default_rng(0))
-    assert np.array_equal(np.array([x for x in seeds if trailing(x) is None]), plain)
+    assert np.array_equal(np.array([x for x in seeds if trailing(x) is None and not early_key(sp, x)]), plain)
+
+
+def early_key(sp, x) -> int | None:
+    """The FULL step count of a ``early_partial`` genome, else None."""
+    return next((f for f in range(2, sp.T) if (g := early_partial(sp, f)) is not None and sp.key(g) == sp.key(x)),
+                None)
+
+
+def test_early_partial_against_hand_worked_plans():
+    """The fewest segments of at most 10 steps holding the FULL steps, a PARTIAL after each of the first
+    ceil(f / 5), the segments left over skipped evenly after those, never the last."""
+    sp = SearchSpace(S, 20, (2, 4, 5, 10, 20), (0, 1), "drop", True)
+    strip = {f: sp.decode(early_partial(sp, f)).strip() for f in (2, 3, 4, 6)}
+    assert strip[2] == "F p0 . . . . . . . . F . . . . . . . . ."  # N=2
+    assert strip[3] == "F p0 . . . F . . . . . . . . . F . . . ."  # N=4, one segment skipped
+    assert strip[4] == "F p0 . . . F . . . . F . . . . F . . . ."  # N=4
+    assert strip[6] == "F p0 F p0 F . . . F . . . . . F . . . F ."  # N=10: skips at round(2 + j * 7 / 5)
+    assert early_partial(sp, 11) is None and early_partial(sp, 20) is None  # no N in 11..19; the teacher is not one
+    plain = SearchSpace(S, 20, (2, 4, 5, 10, 20), (0, 1))  # no skipping: only f = N
+    assert [f for f in range(2, 20) if early_partial(plain, f) is not None] == [2, 4, 5, 10]
+    for f in (2, 3, 4, 5, 6, 7, 8, 9, 10):
+        c = sp.decode(early_partial(sp, f)).counts()
+        assert c["full"] == f and c["partial"] == {0: -(-f // 5)}
 
 
 def trailing_key(sp, x) -> tuple[int, int] | None:
@@ -119,6 +147,8 @@ def test_sampling_with_macs_keeps_the_constraints_and_spreads_trailing_seeds():
     assert got[:4] == [(5, 2), (4, 2), (4, 4), (4, 3)]
     assert got[4:7] == [(2, 2), (2, 9), (2, 5)] and sorted(got[4:]) == [(2, k) for k in range(2, 10)]
     assert trailing_key(sp, X[1]) == (5, 2)  # first in the turn
+    # early-PARTIAL: f = 2, 4, 5 (0.105, 0.205, 0.255; f = 10 is 0.51), fastest, slowest, between; second in the turn
+    assert [f for f in (early_key(sp, x) for x in X) if f] == [2, 5, 4] and early_key(sp, X[2]) == 2
 
 
 def test_spread_order_against_hand_worked_cases():
