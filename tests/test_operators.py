@@ -101,7 +101,7 @@ def test_fidelity_sampling_adds_deepcache_with_trailing_null_steps():
 
 
 def early_key(sp, x) -> int | None:
-    """The FULL step count of a ``early_partial`` genome, else None."""
+    """The FULL step count of an ``early_partial`` genome, else None."""
     return next((f for f in range(2, sp.T) if (g := early_partial(sp, f)) is not None and sp.key(g) == sp.key(x)),
                 None)
 

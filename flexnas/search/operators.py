@@ -75,7 +75,7 @@ class FlexSampling(Sampling):
                        reverse=True) if self.trailing_null else []
         trailing = [sp.join(n, np.zeros(n, int), np.full(n, k)) for n, k in pairs]
         fulls = [f for f in range(2, sp.T) if self.trailing_null and early_partial(sp, f) is not None]
-        early = [early_partial(sp, fulls[i]) for i in spread_order(list(range(len(fulls))), fulls)]
+        early = [early_partial(sp, f) for f in spread_order(fulls, fulls)]
         families = [trailing, early, deepcache, steps, leading]  # a fixed order: the other families' draws are unchanged
         if self.macs is not None:
             rated = [[(g, self.macs.ratio(sp.decode(g), sp.T)) for g in fam] for fam in families]
@@ -105,7 +105,7 @@ def early_partial(sp: SearchSpace, fulls: int) -> np.ndarray | None:
     Stock spacing is hardest on the teacher at the top of the schedule: on the embedded model a PARTIAL
     step after each of the first four FULL steps of 20 brought the paired distance from 1.726 to 1.574
     at 3% of the time, the same four at the end only to 1.720, and skipping one to three segments
-    cost little (benchmarks/REPORT.md, "Fidelity seeds")."""
+    cost little (benchmarks/REPORT.md, the eleventh session's findings and "Fidelity seeds")."""
     ns = [n for n in sp.Ns if fulls <= n < sp.T and sp.T // n <= 10]
     if not ns:
         return None
