@@ -74,8 +74,8 @@ class FlexSampling(Sampling):
         pairs = sorted(((n, k) for n in sp.Ns if sp.T // n <= 10 for k in range(2, sp.T // n)),
                        reverse=True) if self.trailing_null else []
         trailing = [sp.join(n, np.zeros(n, int), np.full(n, k)) for n, k in pairs]
-        fulls = [f for f in range(2, sp.T) if self.trailing_null and early_partial(sp, f) is not None]
-        early = [early_partial(sp, f) for f in spread_order(fulls, fulls)]
+        built = {f: g for f in range(2, sp.T) if self.trailing_null and (g := early_partial(sp, f)) is not None}
+        early = [built[f] for f in spread_order(list(built), list(built))]
         families = [trailing, early, deepcache, steps, leading]  # a fixed order: the other families' draws are unchanged
         if self.macs is not None:
             rated = [[(g, self.macs.ratio(sp.decode(g), sp.T)) for g in fam] for fam in families]
