@@ -196,7 +196,9 @@ def test_search_from_the_cli(folders, tmp_path, capsys, which):
     assert rc == 0, err
     records = json.loads((out / "candidates.json").read_text())
     assert len(records) >= 4 and all(0 < r["macs_ratio"] <= 1 for r in records)
-    overrides = json.loads((out / "run.json").read_text())["config"]["overrides"]
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["space"]["start"] == {"img2img": 4, "inpaint": 0, "controlnet": 0}[which]  # strength 0.6 of 10 steps
+    overrides = meta["config"]["overrides"]
     for key, folder in {"img2img": [("input_images", "inits")], "inpaint": [("input_images", "inits"),
                         ("mask_images", "masks")], "controlnet": [("control_images", "controls")]}[which]:
         assert overrides[key] == str((folders / folder).resolve())

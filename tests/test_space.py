@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from flexnas.errors import FlexnasError
-from flexnas.plan.plan import Plan, Segment
+from flexnas.engine.steps import executed_steps
+from flexnas.plan.plan import Plan, Segment, StepKind
 from flexnas.plan.space import SearchSpace
 
 S = "DDIMScheduler"
@@ -189,6 +190,33 @@ def test_random_and_remap_keep_validity():
             assert sp.split(sp.random(rng, n))[0] == n
 
 
+@pytest.mark.parametrize("mode", ["drop", "reuse"])
+def test_a_strength_window_is_valid_exactly_when_a_network_call_runs_in_it(mode):
+    """Image-to-image runs the base steps from ``start`` on: a genome is valid exactly when, beyond the
+    bounds, the steps the engine then executes (``executed_steps``, counted independently) make a call."""
+    for start in range(4):
+        sp = SearchSpace(S, 4, (1, 2, 4), (0, 1), mode, True, start)
+        free = SearchSpace(S, 4, (1, 2, 4), (0, 1), mode, True)
+        for x in all_genomes(sp):
+            runs = free.is_valid(x) and any(s.kind is not StepKind.NULL for s in executed_steps(free.decode(x), start))
+            assert sp.is_valid(x) == runs, (start, list(x))
+
+
+def test_join_reaches_the_strength_window_with_the_fewest_steps():
+    sp = SearchSpace(S, 10, (1, 2, 5), (0,), "drop", True, start=4)  # strength 0.6: base steps 4..9 run
+    assert list(sp.split(sp.join(1, [0], [3]))[2]) == [5]  # F p p . . ..: steps 0-2 only; now 0-4
+    assert list(sp.split(sp.join(2, [0, 0], [3, 0]))[2]) == [3, 1]  # a FULL step at 5
+    assert list(sp.split(sp.join(5, [0] * 5, [2, 1, 0, 0, 0]))[2]) == [2, 1, 0, 0, 1]
+    assert list(sp.split(sp.join(2, [0, 0], [1, 2]))[2]) == [1, 2]  # already runs: unchanged
+    x = sp.join(1, [0], [5])
+    x[1 + sp.smax] = 4
+    assert not sp.is_valid(x) and SearchSpace(S, 10, (1, 2, 5), (0,), "reuse", True, 4).is_valid(x)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        plan = sp.decode(sp.random(rng))
+        assert any(s.kind is not StepKind.NULL for s in executed_steps(plan, 4))
+
+
 def test_remap_maps_segments_in_time():
     sp = SearchSpace(S, 12, (2, 4), (0, 1, 2))
     x = sp.join(2, np.array([1, 2]), np.array([6, 2]))  # L=6
@@ -255,6 +283,8 @@ def test_direct_construction_errors():
         SearchSpace(S, 10, (5,), ())
     with pytest.raises(FlexnasError):
         SearchSpace(S, 10, (5,), (-1,))
+    with pytest.raises(FlexnasError, match="no base step runs: the pipeline starts at step 10 of T=10"):
+        SearchSpace(S, 10, (5,), (0,), start=10)
 
 
 def test_build_defaults():

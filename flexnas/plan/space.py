@@ -9,6 +9,9 @@ two genomes decode to the same plan exactly when their canonical forms are equal
 With ``skip`` (beyond the paper), segments after the first may take interval 0 and be
 skipped whole: FULL steps can then sit anywhere on a grid of N points (timestep
 placement as genes), so e.g. 14 FULL steps are reachable with T = 100.
+
+With ``start`` > 0 (image-to-image strength: the pipeline runs the base steps from ``start`` on),
+a valid plan makes a network call there, and ``join`` makes every genome do so.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class SearchSpace:
     branches: tuple[int, ...]
     null_mode: str = "drop"
     skip: bool = False
+    start: int = 0  # the first base step the pipeline runs (engine.steps.first_step)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "Ns", tuple(sorted(set(int(n) for n in self.Ns))))
@@ -40,10 +44,14 @@ class SearchSpace:
             raise FlexnasError(f"segment counts {bad} do not divide T={self.T}: admissible N are {divisors(self.T)}")
         if not self.branches or min(self.branches) < 0:
             raise FlexnasError("the search space needs at least one branch, all >= 0")
+        if not 0 <= self.start < self.T:
+            raise FlexnasError(f"no base step runs: the pipeline starts at step {self.start} of T={self.T} "
+                               "(raise the image-to-image strength or the step count)")
 
     @classmethod
     def build(cls, scheduler: str, T: int, num_branches: int, Ns: list[int] | None = None,
-              branches: list[int] | None = None, null_mode: str = "drop", skip: bool = False) -> "SearchSpace":
+              branches: list[int] | None = None, null_mode: str = "drop", skip: bool = False,
+              start: int = 0) -> "SearchSpace":
         """Default: every divisor of T, every branch of the model."""
         if Ns is not None and not Ns:
             raise FlexnasError("no segment counts given: list admissible N, e.g. --segments 5,10,20")
@@ -53,7 +61,7 @@ class SearchSpace:
         bad = [b for b in branches if not 0 <= b < num_branches]
         if bad:
             raise FlexnasError(f"branches {bad} do not exist: the model has branches 0..{num_branches - 1}")
-        return cls(scheduler, T, tuple(divisors(T) if Ns is None else Ns), tuple(branches), null_mode, skip)
+        return cls(scheduler, T, tuple(divisors(T) if Ns is None else Ns), tuple(branches), null_mode, skip, start)
 
     # ------------------------------------------------------------------ genome layout
     @property
@@ -90,14 +98,15 @@ class SearchSpace:
 
     def join(self, n: int, b: np.ndarray, k: np.ndarray) -> np.ndarray:
         """The canonical genome of N segments with branch genes ``b`` and intervals ``k``; a genome
-        that skips every segment gets a FULL step in its last (lowest-noise) segment."""
+        whose plan would make no network call (from ``start`` on) gets its last (lowest-noise) segment's
+        interval raised until it does: the fewest steps that make the plan run."""
         s = self.smax
         x = np.zeros(self.n_var, dtype=int)
         x[0] = self.Ns.index(n)
         x[1 + s:] = 1
         k = np.array(k, dtype=int)
-        if not k.any():
-            k[-1] = 1
+        if not self._runs(n, k):
+            k[-1] = max(k[-1], 1, self.start - (n - 1) * (self.T // n) + 1)
         x[1:1 + n] = np.where(k > 1, b, 0)
         x[1 + s:1 + s + n] = k
         return x
@@ -109,7 +118,14 @@ class SearchSpace:
             return False
         n, b, k = self.split(x)
         L = self.T // n
-        return bool(k.any() and np.all((k >= self.k_low(n)) & (k <= L)) and np.all((b >= 0) & (b < len(self.branches))))
+        return bool(self._runs(n, k) and np.all((k >= self.k_low(n)) & (k <= L)) and np.all((b >= 0) & (b < len(self.branches))))
+
+    def _runs(self, n: int, k: np.ndarray) -> bool:
+        """Whether intervals ``k`` of N segments make a network call from base step ``start`` on. In "reuse"
+        mode the first step run always does (a NULL step without an output to reuse runs FULL, as
+        ``engine.steps.executed_steps`` counts it); in "drop" mode an active step must lie there."""
+        L, active = self.T // n, np.flatnonzero(k)
+        return bool(len(active)) and (self.null_mode == "reuse" or active[-1] * L + k[active[-1]] - 1 >= self.start)
 
     def canonical(self, x: np.ndarray) -> np.ndarray:
         """Inactive genes fixed, branch genes of interval-1 segments zeroed."""

@@ -19,6 +19,7 @@ from typing import Any
 from pymoo.core.callback import CallbackCollection
 from pymoo.termination.max_gen import MaximumGenerationTermination
 
+from flexnas.engine.steps import first_step
 from flexnas.errors import FlexnasError
 from flexnas.metrics.macs import MacCounter
 from flexnas.models.registry import get_problem
@@ -149,7 +150,8 @@ def _run(config: SearchConfig, out: Path, resume: bool, workers: int | None, das
             cand = CandidateEvaluator.get(config, threads)
             check_runnable(cand.evaluator, config)  # before writing anything
             space = SearchSpace.build(base.scheduler, base.T, len(cand.loaded.branches), config.segments,
-                                      config.branches, base.null_mode, config.skip)
+                                      config.branches, base.null_mode, config.skip,
+                                      first_step(base.T, cand.evaluator.macs.strength))
             problem = GenomeProblem(space, config, out)
             algorithm = make_algorithm(space, config, cand.evaluator.macs)
             (out / "run.json").write_text(json.dumps({"config": asdict(config), "space": asdict(space)}, indent=2,
