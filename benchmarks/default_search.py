@@ -3,7 +3,7 @@
     python -m benchmarks.default_search [--run RUN_FOLDER] [--images 1000]
 
 Without ``--run`` it runs README command 1 (``flexnas search --problem fashion-mnist --macs-budget
-0.25``) into ``results/runs/default-search`` (resumed when a stopped run is there). The rivals are
+0.2 --macs-floor 0.05 --gens 4``) into ``results/runs/default-search`` (resumed when a stopped run is there). The rivals are
 the baselines of ``benchmarks.compare`` (stock ``num_inference_steps=k``, DeepCache uniform at every
 interval and branch), not only the seeds the search knew: those with at least ``MACS_MARGIN`` of a
 chosen plan's MACs speed-up are timed with the chosen plans (``benchmarks.compare.walls``), the ones
@@ -30,7 +30,8 @@ from flexnas.metrics.measures import GROUND_TRUTH
 from flexnas.plan.plan import Plan
 from flexnas.report.plots import plan_family
 
-COMMAND = ["search", "--problem", "fashion-mnist", "--macs-budget", "0.25"]  # README command 1
+COMMAND = ["search", "--problem", "fashion-mnist", "--macs-budget", "0.2", "--macs-floor", "0.05",
+           "--gens", "4"]  # README command 1
 LABEL = {"quality": "FID to real", "fidelity": "paired distance to the teacher"}  # each goal's ground truth
 MACS_MARGIN = 0.9  # a baseline with less MACs speed-up than this is never faster in wall-clock here
 

@@ -6,6 +6,7 @@ import shutil
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -31,6 +32,20 @@ def test_embedded_model_loads_offline_and_runs():
     with torch.no_grad():
         pred = unet(pipe.scheduler.add_noise(x0, noise, t), t).sample
     assert torch.nn.functional.cosine_similarity(pred.flatten(), noise.flatten(), dim=0) > 0.9
+
+
+def test_the_teacher_features_shipped_are_found_and_are_the_teachers(tmp_path):
+    """README command 1 reads its teacher's 256 images from ``weights/store`` (rebuild it with
+    ``python -m problems.fashion_mnist.teacher_store`` when this fails: the identity changed), and
+    they are the features of the teacher's images from the same noise, sampled here afresh."""
+    from flexnas.metrics.evaluator import Evaluator
+    from problems.fashion_mnist import FEATURE_EXTRACTOR, make_problem
+
+    ev = Evaluator(make_problem(), images=64, extractor=FEATURE_EXTRACTOR, cache_root=tmp_path)
+    teacher = ev.loaded.problem.teacher_plan()
+    assert ev.features.has(teacher, 256) and not any(tmp_path.iterdir())
+    fresh = ev.features.embed(ev.loaded.latents(teacher, n=4))  # the first 4 images, sampled in a batch of 4
+    np.testing.assert_allclose(fresh, ev.features.features(teacher, 64)[:4], rtol=1e-3, atol=1e-3)
 
 
 def test_classifier_loads_and_runs():

@@ -567,6 +567,27 @@ def test_feature_store_extends_prefixes_and_survives_damage(small_config, tmp_pa
     assert plan_key(Plan.step_reduction(S, 10, 1)) == plan_key(Plan(S, 10, (Segment(1),) + (Segment(0),) * 4))
 
 
+def test_a_shipped_store_is_read_where_the_own_store_lacks_a_batch_and_never_written(small_config, tmp_path):
+    from flexnas.metrics.store import FeatureStore
+
+    ev = CandidateEvaluator.get(small_config, 1)
+    e = ev.evaluator
+    plan = Plan("DDIMScheduler", 10, (Segment(2, 1), Segment(1), Segment(2, 0), Segment(1), Segment(1)))
+    shipped, own = tmp_path / "shipped", tmp_path / "own"
+    f16 = e.store(root=shipped).features(plan, 16)
+    files = {f: f.read_bytes() for f in shipped.rglob("*.npz")}
+
+    def store(namespace):
+        return FeatureStore(e.loaded, e.extractor, e.extractor_kw, namespace, own, shipped=shipped)
+
+    assert store(e.identity()).has(plan, 16) and not own.exists()  # found, nothing sampled or written
+    assert np.array_equal(store(e.identity()).features(plan, 16), f16)
+    f24 = store(e.identity()).features(plan, 24)  # the third batch is sampled, into the own store only
+    assert np.array_equal(f24[:16], f16) and [f.name for f in own.rglob("*.npz")] == ["0000016-0000024.npz"]
+    assert {f: f.read_bytes() for f in shipped.rglob("*.npz")} == files
+    assert not store("another-identity").has(plan, 8)  # another setting's namespace: a miss
+
+
 def test_rescoring_writes_high_fidelity_columns(tmp_path):
     import csv
 

@@ -105,7 +105,8 @@ class Evaluator:
         from flexnas.metrics.store import FeatureStore
 
         root = self.cache_root if root == "default" else root
-        return FeatureStore(self.loaded, self.extractor, self.extractor_kw, self.identity(), root, prefixes)
+        return FeatureStore(self.loaded, self.extractor, self.extractor_kw, self.identity(), root, prefixes,
+                            self.loaded.problem.shipped_features)
 
     @property
     def features(self) -> "FeatureStore":

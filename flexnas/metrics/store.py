@@ -6,6 +6,8 @@ store keeps each batch's features (plus the seconds and denoiser calls it cost) 
 file per batch, written atomically; asking for more images of a plan samples only the
 batches it lacks. A search screens on 64 images and re-scores on 2,000 from the same
 store; the benchmark's every section reads one store. A damaged batch file is a miss.
+A problem may ship a read-only store of the same layout (``Problem.shipped_features``), read
+where the store lacks a batch: the identity in the folder name makes any other setting miss it.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class FeatureStore:
     """Per-plan feature arrays of the problem's fixed-noise images (``root`` None: in memory only)."""
 
     def __init__(self, loaded: LoadedModel, extractor: str, extractor_kw: dict[str, Any], namespace: str,
-                 root: str | Path | None = None, prefixes: PrefixStore | None = None):
+                 root: str | Path | None = None, prefixes: PrefixStore | None = None,
+                 shipped: str | Path | None = None):
         from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
         from torch_fidelity.utils import create_feature_extractor
 
@@ -51,27 +54,30 @@ class FeatureStore:
                                                   **kw)
         self.extractor.eval()
         self.root = Path(root) / namespace if root is not None else None
+        self.shipped = Path(shipped) / namespace if shipped is not None else None
         self._memory: dict[tuple[str, int, int], dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ batches
-    def _path(self, key: str, start: int, stop: int) -> Path | None:
-        return None if self.root is None else self.root / key / f"{start:07d}-{stop:07d}.npz"
+    @staticmethod
+    def _path(root: Path | None, key: str, start: int, stop: int) -> Path | None:
+        return None if root is None else root / key / f"{start:07d}-{stop:07d}.npz"
 
     def _load(self, key: str, start: int, stop: int) -> dict[str, Any] | None:
         item = self._memory.get((key, start, stop))
-        path = self._path(key, start, stop)
-        if item is None and path is not None and path.is_file():
-            try:
-                with np.load(path) as d:
-                    item = {k: d[k] for k in ("features", "sample_s", "feature_s", "calls")}
-                self._memory[(key, start, stop)] = item
-            except (OSError, ValueError, KeyError, EOFError):
-                item = None  # damaged: sampled again
+        for root in (self.root, self.shipped):
+            path = self._path(root, key, start, stop)
+            if item is None and path is not None and path.is_file():
+                try:
+                    with np.load(path) as d:
+                        item = {k: d[k] for k in ("features", "sample_s", "feature_s", "calls")}
+                    self._memory[(key, start, stop)] = item
+                except (OSError, ValueError, KeyError, EOFError):
+                    item = None  # damaged: sampled again
         return item
 
     def _save(self, key: str, start: int, stop: int, item: dict[str, Any]) -> None:
         self._memory[(key, start, stop)] = item
-        path = self._path(key, start, stop)
+        path = self._path(self.root, key, start, stop)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")

@@ -40,6 +40,8 @@ class Problem:
     feature_extractor: str = "inception-v3-compat"
     feature_extractor_weights: str | None = None
     real_statistics: Path | None = None
+    shipped_features: Path | None = None  # a read-only feature store shipped with the problem (the embedded
+    # default's holds its teacher's images): FeatureStore reads a batch there when its own store lacks it
     branches: tuple[int, ...] | None = None
     description: str = ""
     prompts: list[str] | None = None  # the text of image i is prompts[i % len(prompts)] (text-to-image problems)

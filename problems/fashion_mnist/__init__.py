@@ -1,7 +1,7 @@
 """The embedded default problem: a pixel DDPM trained by the project on Fashion-MNIST.
 
-Its weights, feature classifier and real-image statistics ship in this folder, so
-flexnas runs offline on a CPU with nothing to download.
+Its weights, feature classifier, real-image statistics and its teacher's features on 256 images
+(``teacher_store``) ship in this folder, so flexnas runs offline on a CPU with nothing to download.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from problems.fashion_mnist.model import CLASSIFIER_DIR, PIPELINE_DIR, WEIGHTS_D
 
 FEATURE_EXTRACTOR = "fashion-mnist-classifier"
 REAL_STATISTICS = WEIGHTS_DIR / "fashion_mnist_test_stats.npz"
+SHIPPED_FEATURES = WEIGHTS_DIR / "store"
 
 
 def load_pretrained(cls: Any, folder: Path) -> Any:
@@ -59,13 +60,14 @@ def make_problem(model: str | Path | None = None, **overrides: Any) -> Problem:
         scheduler="DDIMScheduler",
         T=100,
         num_images=64,
-        # fidelity re-scoring samples the teacher's images too (about 3 min per 256 on 2 cores); the paired
+        # fidelity re-scoring needs the teacher's images too (shipped for 256, about 3 min to sample); the paired
         # distance on 256 images ranks plans with Kendall tau 0.97 against 2,000 (benchmarks/REPORT.md)
         rescore_images={"quality": 1000, "fidelity": 256},
         batch_size=64,
         seed=0,
         feature_extractor=FEATURE_EXTRACTOR,
         real_statistics=REAL_STATISTICS,
+        shipped_features=SHIPPED_FEATURES,
         description="pixel DDPM (UNet2DModel, 28x28, 2.7M params) trained on Fashion-MNIST; DDIM 100",
     )
     if model is not None:
