@@ -3,16 +3,16 @@
     python -m benchmarks.default_search [--run RUN_FOLDER] [--images 1000]
 
 Without ``--run`` it runs README command 1 (``flexnas search --problem fashion-mnist --macs-budget
-0.2 --macs-floor 0.05 --gens 4``) into ``results/runs/default-search`` (resumed when a stopped run is there). The rivals are
-the baselines of ``benchmarks.compare`` (stock ``num_inference_steps=k``, DeepCache uniform at every
-interval and branch), not only the seeds the search knew: those with at least ``MACS_MARGIN`` of a
-chosen plan's MACs speed-up are timed with the chosen plans (``benchmarks.compare.walls``), the ones
-at least as fast in wall-clock are screened on 256 images (``Settings.mid_images``; the ground truths
-there have Kendall tau 0.97-0.99 against 2,000 images in the objective study), and the best
-``--finalists`` go to ``--images`` with the plan, judged on the run's goal's ground truth (paired
-distance to the teacher for fidelity, FID to real for quality). A chosen plan counts as a seed when
-it was in the search's initial population. Every image comes from the store ``benchmarks.compare``
-uses (sampled compiled).
+0.2 --macs-floor 0.05 --gens 4 --images 32``) into ``results/runs/default-search`` (resumed when a
+stopped run is there). The rivals are the baselines of ``benchmarks.compare`` (stock
+``num_inference_steps=k``, DeepCache uniform at every interval and branch), not only the seeds the
+search knew: those with at least ``MACS_MARGIN`` of a chosen plan's MACs speed-up are timed with the
+chosen plans (``benchmarks.compare.walls``), the ones at least as fast in wall-clock are screened on
+256 images (``Settings.mid_images``; the ground truths there have Kendall tau 0.97-0.99 against
+2,000 images in the objective study), and the best ``--finalists`` go to ``--images`` with the plan,
+judged on the run's goal's ground truth (paired distance to the teacher for fidelity, FID to real
+for quality). A chosen plan counts as a seed when it was in the search's initial population. Every
+image comes from the store ``benchmarks.compare`` uses (sampled compiled).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from flexnas.plan.plan import Plan
 from flexnas.report.plots import plan_family
 
 COMMAND = ["search", "--problem", "fashion-mnist", "--macs-budget", "0.2", "--macs-floor", "0.05",
-           "--gens", "4"]  # README command 1
+           "--gens", "4", "--images", "32"]  # README command 1
 LABEL = {"quality": "FID to real", "fidelity": "paired distance to the teacher"}  # each goal's ground truth
 MACS_MARGIN = 0.9  # a baseline with less MACs speed-up than this is never faster in wall-clock here
 

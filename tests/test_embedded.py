@@ -35,7 +35,7 @@ def test_embedded_model_loads_offline_and_runs():
 
 
 def test_the_teacher_features_shipped_are_found_and_are_the_teachers(tmp_path):
-    """README command 1 reads its teacher's 256 images from ``weights/store`` (rebuild it with
+    """README command 1 reads its teacher's 32 and 256 images from ``weights/store`` (rebuild it with
     ``python -m problems.fashion_mnist.teacher_store`` when this fails: the identity changed), and
     they are the features of the teacher's images from the same noise, sampled here afresh."""
     from flexnas.metrics.evaluator import Evaluator
@@ -43,7 +43,7 @@ def test_the_teacher_features_shipped_are_found_and_are_the_teachers(tmp_path):
 
     ev = Evaluator(make_problem(), images=64, extractor=FEATURE_EXTRACTOR, cache_root=tmp_path)
     teacher = ev.loaded.problem.teacher_plan()
-    assert ev.features.has(teacher, 256) and not any(tmp_path.iterdir())
+    assert ev.features.has(teacher, 32) and ev.features.has(teacher, 256) and not any(tmp_path.iterdir())
     fresh = ev.features.embed(ev.loaded.latents(teacher, n=4))  # the first 4 images, sampled in a batch of 4
     np.testing.assert_allclose(fresh, ev.features.features(teacher, 64)[:4], rtol=1e-3, atol=1e-3)
 

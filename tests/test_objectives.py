@@ -506,8 +506,9 @@ def test_cli_evaluate_json(cli_plan, capsys):
 def test_wall_ratios_interleave_rounds_so_a_drift_moves_every_ratio_alike(evaluator, loaded, monkeypatch):
     """A fake clock: the teacher takes 10 units, plan A 2, plan B 5, times a slow-down that grows with
     every call (a machine getting busier). The reported numbers are recomputed from the call log:
-    the teacher timed before and after each round's plans, its mean the round's teacher time, medians
-    over the rounds after the warm-up; the drift leaves the ratios near 2/10 and 5/10."""
+    a warm-up of the plans, then the teacher timed before and after each round's plans (adjacent rounds
+    share one timing), its mean the round's teacher time, medians over the rounds; the drift leaves
+    the ratios near 2/10 and 5/10."""
     import flexnas.metrics.evaluator as ev_mod
 
     a, b = Plan.teacher(loaded.problem.scheduler, 20), Plan.teacher(loaded.problem.scheduler, 50)
@@ -522,18 +523,18 @@ def test_wall_ratios_interleave_rounds_so_a_drift_moves_every_ratio_alike(evalua
     monkeypatch.setattr(evaluator.loaded, "latents", latents)
     monkeypatch.setattr(ev_mod.time, "perf_counter", lambda: clock[0])
     out = evaluator.wall_ratios([a, b], images=4, rounds=3, seed=0)
-    assert calls[0] == 4 * 4 and log[0::4] == [None] * 4 and log[3::4] == [None] * 4  # teacher brackets each round
+    assert calls[0] == 2 + 1 + 3 * 3 and None not in log[:2] and log[2::3] == [None] * 4  # teacher brackets each round
     ratios = {a.strip(): [], b.strip(): []}
     times, teacher = {a.strip(): [], b.strip(): []}, []
-    for rnd in range(1, 4):  # independent recomputation from the call log
-        k = 4 * rnd
-        factor = [1 + 0.1 * (k + j + 1) for j in range(4)]
-        tw = (10 * factor[0] + 10 * factor[3]) / 2
+    factor = [1 + 0.1 * (j + 1) for j in range(len(log))]  # the slow-down of call j
+    for rnd in range(3):  # independent recomputation from the call log
+        k = 2 + 3 * rnd  # the teacher before the round; after it: k + 3
+        tw = (10 * factor[k] + 10 * factor[k + 3]) / 2
         teacher.append(tw)
-        for j in (1, 2):
-            t = cost[log[k + j]] * factor[j]
-            times[log[k + j]].append(t)
-            ratios[log[k + j]].append(t / tw)
+        for j in (k + 1, k + 2):
+            t = cost[log[j]] * factor[j]
+            times[log[j]].append(t)
+            ratios[log[j]].append(t / tw)
     for plan, r in zip((a, b), out):
         assert r["wall_ratio"] == pytest.approx(float(np.median(ratios[plan.strip()])))
         assert r["wall_s"] == pytest.approx(float(np.median(times[plan.strip()])))

@@ -170,10 +170,12 @@ class Evaluator:
         rounds), ``round_ratios`` (each round's plan time over that round's teacher time) and ``wall_ratio``
         (their median).
 
-        One warm-up round, then ``rounds`` rounds, each timing every plan once in its own shuffled order
-        between two timings of the teacher (their mean is the round's teacher time). Timing the teacher
-        once before the plans lets a drift of the machine's speed (another process, clock scaling) move
-        the ratios of the plans timed late; interleaved rounds move every ratio alike.
+        A warm-up round of the plans (every plan runs FULL steps, so the teacher's kernels warm too), then
+        ``rounds`` rounds, each timing every plan once in its own shuffled order between two timings of
+        the teacher (their mean is the round's teacher time; adjacent rounds share the timing between
+        them, so the teacher, the slowest plan, runs ``rounds + 1`` times). Timing the teacher once
+        before the plans lets a drift of the machine's speed (another process, clock scaling) move the
+        ratios of the plans timed late; interleaved rounds move every ratio alike.
         """
         def once(plan: Plan | None) -> float:
             return measure_wall(lambda: self.loaded.latents(plan, n=images), repeats=1, warmup=0)
@@ -181,16 +183,17 @@ class Evaluator:
         rng = np.random.default_rng(seed)
         times: list[list[float]] = [[] for _ in plans]
         ratios: list[list[float]] = [[] for _ in plans]
-        teacher: list[float] = []
-        for rnd in range(rounds + 1):
-            before = once(None)
+        for i in rng.permutation(len(plans)):
+            once(plans[i])
+        teacher, last = [], once(None)
+        for _ in range(rounds):
             took = {int(i): once(plans[i]) for i in rng.permutation(len(plans))}
-            tw = (before + once(None)) / 2
-            if rnd:  # round 0 warms up
-                teacher.append(tw)
-                for i, t in took.items():
-                    times[i].append(t)
-                    ratios[i].append(t / tw)
+            now = once(None)
+            tw, last = (last + now) / 2, now
+            teacher.append(tw)
+            for i, t in took.items():
+                times[i].append(t)
+                ratios[i].append(t / tw)
         return [{"wall_s": statistics.median(times[i]), "teacher_wall_s": statistics.median(teacher),
                  "round_ratios": ratios[i], "wall_ratio": statistics.median(ratios[i])} for i in range(len(plans))]
 
