@@ -118,7 +118,8 @@ class SearchSpace:
             return False
         n, b, k = self.split(x)
         L = self.T // n
-        return bool(self._runs(n, k) and np.all((k >= self.k_low(n)) & (k <= L)) and np.all((b >= 0) & (b < len(self.branches))))
+        return bool(self._runs(n, k) and np.all((k >= self.k_low(n)) & (k <= L))
+                    and np.all((b >= 0) & (b < len(self.branches))))
 
     def _runs(self, n: int, k: np.ndarray) -> bool:
         """Whether intervals ``k`` of N segments make a network call from base step ``start`` on. In "reuse"

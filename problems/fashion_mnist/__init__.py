@@ -1,7 +1,7 @@
 """The embedded default problem: a pixel DDPM trained by the project on Fashion-MNIST.
 
-Its weights, feature classifier, real-image statistics and its teacher's features on 256 images
-(``teacher_store``) ship in this folder, so flexnas runs offline on a CPU with nothing to download.
+Its weights, feature classifier, real-image statistics and its teacher's features on 32 and 256
+images (``teacher_store``) ship in this folder, so flexnas runs offline on a CPU with nothing to download.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def make_problem(model: str | Path | None = None, **overrides: Any) -> Problem:
         scheduler="DDIMScheduler",
         T=100,
         num_images=64,
-        # fidelity re-scoring needs the teacher's images too (shipped for 256, about 3 min to sample); the paired
+        # fidelity re-scoring needs the teacher's images too (shipped for 32 and 256, about 3 min per 256 to sample); the paired
         # distance on 256 images ranks plans with Kendall tau 0.97 against 2,000 (benchmarks/REPORT.md)
         rescore_images={"quality": 1000, "fidelity": 256},
         batch_size=64,

@@ -36,12 +36,22 @@ def compute(counts: list[int]) -> str:
     return f"wrote the teacher's features on {counts} images to {SHIPPED_FEATURES / evaluator.identity()}"
 
 
+def image_counts(text: str) -> list[int]:
+    try:
+        counts = [int(v) for v in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"give positive image counts, comma-separated (e.g. 32,256), not {text!r}")
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", default="32,256", help="image counts, comma-separated")
+    p.add_argument("--images", type=image_counts, default=[32, 256], help="image counts, comma-separated")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
-    return report_errors(lambda: print(compute([int(v) for v in args.images.split(",")])), prog="teacher_store")
+    return report_errors(lambda: print(compute(args.images)), prog="teacher_store")
 
 
 if __name__ == "__main__":
