@@ -79,9 +79,9 @@ def test_sampling_seeds_teacher_then_uniform():
 
 
 def test_fidelity_sampling_adds_deepcache_with_trailing_null_steps():
-    """``trailing_null``: two seed families first in the turn, every segment ``F p.. . .`` (1 < k < L) at the
-    shallowest branch, each (N, k) once, most segments first, then ``early_partial``; the other seeds stay
-    as they were, in order."""
+    """``trailing_null``: two seed families first in the turn, ``early_partial``, then every segment
+    ``F p.. . .`` (1 < k < L <= 5) at the shallowest branch, each (N, k) once, most segments first; the
+    other seeds stay as they were, in order, but DeepCache-like ones keep to intervals of at most 10."""
     sp = SPACES["T10-N2,5,10-B6"]  # N=2 (L=5): k = 2, 3, 4; N=5 (L=2) and N=10 have no room
     X = FlexSampling(trailing_null=True)._do(stand_in(sp), 20, random_state=np.random.default_rng(0))
     assert_all_canonical(sp, X)
@@ -95,9 +95,14 @@ def test_fidelity_sampling_adds_deepcache_with_trailing_null_steps():
     # without skipping, early-PARTIAL plans exist only where every segment keeps its FULL step: 2 and 5
     early = [sp.decode(x).strip() for x in seeds if early_key(sp, x)]
     assert early == ["F p0 . . . F . . . .", "F p0 F . F . F . F ."]
-    assert trailing(X[1]) == (2, 4) and sp.decode(X[2]).strip() == early[0]  # the turn: trailing, early, ...
+    assert sp.decode(X[1]).strip() == early[0] and trailing(X[2]) == (2, 4)  # the turn: early, trailing, ...
     plain = FlexSampling()._do(stand_in(sp), 15, random_state=np.random.default_rng(0))
     assert np.array_equal(np.array([x for x in seeds if trailing(x) is None and not early_key(sp, x)]), plain)
+    # T=20: DeepCache-like seeds at N=2 (interval 10) stay, at N=1 (interval 20) go, for fidelity only
+    sp = SearchSpace(S, 20, (1, 2, 4), (0,))
+    intervals = [{sp.T // sp.decode(x).N for x in FlexSampling(trailing_null=f)._do(
+        stand_in(sp), 40, random_state=np.random.default_rng(0)) if is_deepcache(sp, x)} for f in (False, True)]
+    assert intervals == [{5, 10, 20}, {5, 10}]
 
 
 def early_key(sp, x) -> int | None:
@@ -139,16 +144,16 @@ def test_sampling_with_macs_keeps_the_constraints_and_spreads_trailing_seeds():
     assert_all_canonical(sp, X)
     ratio = [macs.ratio(sp.decode(x), sp.T) for x in X]
     assert ratio[0] == 1.0 and sp.decode(X[0]).N == 20  # the teacher, whose images the measures need anyway
-    seeds = [x for x in X[1:] if trailing_key(sp, x) or is_deepcache(sp, x) or is_step_reduction(sp, x)]
+    seeds = [x for x in X[1:] if trailing_key(sp, x) or early_key(sp, x) or is_deepcache(sp, x)
+             or is_step_reduction(sp, x)]
     assert len(seeds) >= 10 and all(ok(macs.ratio(sp.decode(x), sp.T)) for x in seeds)
-    # trailing members within the constraints: N=5 (L=4): k=2 (0.275); N=4 (L=5): k=2..4 (0.22, 0.24, 0.26);
-    # N=2 (L=10): k=2..9 (0.11 .. 0.18): most segments first, each count spread fastest / slowest / between
+    # trailing members within the constraints: N=5 (L=4): k=2 (0.275); N=4 (L=5): k=2..4 (0.22, 0.24, 0.26),
+    # most segments first, each count spread fastest / slowest / between; none at N=2 (L=10)
     got = [t for t in map(lambda x: trailing_key(sp, x), X) if t]
-    assert got[:4] == [(5, 2), (4, 2), (4, 4), (4, 3)]
-    assert got[4:7] == [(2, 2), (2, 9), (2, 5)] and sorted(got[4:]) == [(2, k) for k in range(2, 10)]
-    assert trailing_key(sp, X[1]) == (5, 2)  # first in the turn
-    # early-PARTIAL: f = 2, 4, 5 (0.105, 0.205, 0.255; f = 10 is 0.51), fastest, slowest, between; second in the turn
-    assert [f for f in (early_key(sp, x) for x in X) if f] == [2, 5, 4] and early_key(sp, X[2]) == 2
+    assert got == [(5, 2), (4, 2), (4, 4), (4, 3)]
+    assert trailing_key(sp, X[2]) == (5, 2)  # second in the turn
+    # early-PARTIAL: f = 2, 4, 5 (0.105, 0.205, 0.255; f = 10 is 0.51), fastest, slowest, between; first in the turn
+    assert [f for f in (early_key(sp, x) for x in X) if f] == [2, 5, 4] and early_key(sp, X[1]) == 2
 
 
 def test_spread_order_against_hand_worked_cases():

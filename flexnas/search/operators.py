@@ -28,12 +28,14 @@ class FlexSampling(Sampling):
     and (where the first segment may be skipped) stock-spaced step reductions at any step count, in
     turn (the baselines a search should start from), then random genomes.
 
-    ``trailing_null`` puts two more families first in the turn: DeepCache with trailing NULL steps (every
-    segment ``F p.. . .``: interval k between 1 and L <= 10, shallowest branch), and step reduction on
-    the teacher's grid with PARTIAL steps early (``early_partial``). Between 3.4x and 5.5x fewer MACs
-    these are far closer to the teacher than step reduction (benchmarks/REPORT.md, "Fidelity seeds"),
-    so fidelity searches start from them. Without ``macs`` trailing seeds come most segments first,
-    early-PARTIAL ones spread over their FULL step counts.
+    ``trailing_null`` puts two more families first in the turn: step reduction on the teacher's grid with
+    PARTIAL steps early (``early_partial``), and DeepCache with trailing NULL steps (every segment
+    ``F p.. . .``: interval k between 1 and L <= 5, shallowest branch). At their speeds (early: 4x-6x
+    wall-clock, trailing: 2.3x-3.6x) these are far closer to the teacher than stock step counts, so fidelity
+    searches start from them; trailing plans with 10-step segments lost to a stock step count at their
+    speed at every k, and early ones first because they hold the faster region (benchmarks/REPORT.md,
+    "Fidelity seeds"). Without ``macs`` trailing seeds come most segments first, early-PARTIAL ones
+    spread over their FULL step counts.
 
     With ``macs`` (the problem's ``MacCounter``) and ``feasible`` (``SearchConfig.feasible``: the MACs
     budget and floor), seeds outside the constraints are left out: a population of 16 has no place
@@ -55,7 +57,9 @@ class FlexSampling(Sampling):
         if sp.T in sp.Ns:  # the teacher: every step FULL
             seeds.append(sp.join(sp.T, np.zeros(sp.T, int), np.ones(sp.T, int)))
         # DeepCache-like: all steps active, PARTIAL at one branch between FULL steps
-        uniform = [(n, bi) for n in sp.Ns if sp.T // n > 1 for bi in range(len(sp.branches))]
+        # (for fidelity, intervals of at most 10: longer ones lost to a stock step count at their speed)
+        uniform = [(n, bi) for n in sp.Ns if 1 < sp.T // n <= (10 if self.trailing_null else sp.T)
+                   for bi in range(len(sp.branches))]
         deepcache = [sp.join(n, np.full(n, bi), np.full(n, sp.T // n))
                      for n, bi in (uniform[j] for j in rng.permutation(len(uniform)))]
         # step reduction: one FULL step per segment, the rest NULL
@@ -69,25 +73,25 @@ class FlexSampling(Sampling):
                 kk = np.zeros(sp.T, int)
                 kk[pos] = 1
                 leading.append(sp.join(sp.T, np.zeros(sp.T, int), kk))
-        # DeepCache with trailing NULL steps, segments of at most 10 steps (longer ones lose to stock step
+        # DeepCache with trailing NULL steps, segments of at most 5 steps (longer ones lose to stock step
         # counts at their speed): most segments first, then the most active steps per segment
-        pairs = sorted(((n, k) for n in sp.Ns if sp.T // n <= 10 for k in range(2, sp.T // n)),
+        pairs = sorted(((n, k) for n in sp.Ns if sp.T // n <= 5 for k in range(2, sp.T // n)),
                        reverse=True) if self.trailing_null else []
         trailing = [sp.join(n, np.zeros(n, int), np.full(n, k)) for n, k in pairs]
         built = {f: g for f in range(2, sp.T) if self.trailing_null and (g := early_partial(sp, f)) is not None}
         early = [built[f] for f in spread_order(list(built), list(built))]
-        families = [trailing, early, deepcache, steps, leading]  # a fixed order: the other families' draws are unchanged
+        families = [early, trailing, deepcache, steps, leading]  # a fixed order: the other families' draws are unchanged
         if self.macs is not None:
             rated = [[(g, self.macs.ratio(sp.decode(g), sp.T)) for g in fam] for fam in families]
             if self.feasible is not None:
                 rated = [[(g, r) for g, r in fam if self.feasible(r)] for fam in rated]
             families = [[g for g, _ in fam] for fam in rated]
             by_n: dict[int, list] = {}
-            for g, r in rated[0]:
+            for g, r in rated[1]:
                 by_n.setdefault(int(g[0]), []).append((g, np.log(r)))
-            families[0] = [g for i in sorted(by_n, reverse=True)  # n_index: most segments first
+            families[1] = [g for i in sorted(by_n, reverse=True)  # n_index: most segments first
                            for g in spread_order([g for g, _ in by_n[i]], [v for _, v in by_n[i]])]
-            families[1] = spread_order(families[1], [np.log(r) for _, r in rated[1]])
+            families[0] = spread_order(families[0], [np.log(r) for _, r in rated[0]])
         for i in range(max(map(len, families))):
             seeds += [g[i] for g in families if i < len(g)]
         X = seeds[:n_samples]
