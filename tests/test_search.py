@@ -586,6 +586,9 @@ def test_a_shipped_store_is_read_where_the_own_store_lacks_a_batch_and_never_wri
     assert np.array_equal(f24[:16], f16) and [f.name for f in own.rglob("*.npz")] == ["0000016-0000024.npz"]
     assert {f: f.read_bytes() for f in shipped.rglob("*.npz")} == files
     assert not store("another-identity").has(plan, 8)  # another setting's namespace: a miss
+    bad = own / e.identity() / next(shipped.rglob("*.npz")).parent.name / "0000000-0000008.npz"
+    bad.write_bytes(b"not an npz")  # a damaged own batch: the shipped one is read, nothing sampled
+    assert np.array_equal(store(e.identity()).features(plan, 16), f16) and bad.read_bytes() == b"not an npz"
 
 
 def test_rescoring_writes_high_fidelity_columns(tmp_path):

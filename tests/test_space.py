@@ -193,13 +193,18 @@ def test_random_and_remap_keep_validity():
 @pytest.mark.parametrize("mode", ["drop", "reuse"])
 def test_a_strength_window_is_valid_exactly_when_a_network_call_runs_in_it(mode):
     """Image-to-image runs the base steps from ``start`` on: a genome is valid exactly when, beyond the
-    bounds, the steps the engine then executes (``executed_steps``, counted independently) make a call."""
+    bounds, the steps the engine then executes (``executed_steps``, counted independently) make a call;
+    ``size_distinct_plans`` counts the plans those genomes make."""
     for start in range(4):
         sp = SearchSpace(S, 4, (1, 2, 4), (0, 1), mode, True, start)
         free = SearchSpace(S, 4, (1, 2, 4), (0, 1), mode, True)
+        plans = set()
         for x in all_genomes(sp):
             runs = free.is_valid(x) and any(s.kind is not StepKind.NULL for s in executed_steps(free.decode(x), start))
             assert sp.is_valid(x) == runs, (start, list(x))
+            if runs:
+                plans.add(sp.decode(x))
+        assert sp.size_distinct_plans() == len(plans), start
 
 
 def test_join_reaches_the_strength_window_with_the_fewest_steps():

@@ -64,15 +64,17 @@ class FeatureStore:
 
     def _load(self, key: str, start: int, stop: int) -> dict[str, Any] | None:
         item = self._memory.get((key, start, stop))
-        for root in (self.root, self.shipped):
+        for root in (self.root, self.shipped) if item is None else ():
             path = self._path(root, key, start, stop)
-            if item is None and path is not None and path.is_file():
-                try:
-                    with np.load(path) as d:
-                        item = {k: d[k] for k in ("features", "sample_s", "feature_s", "calls")}
-                    self._memory[(key, start, stop)] = item
-                except (OSError, ValueError, KeyError, EOFError):
-                    item = None  # damaged: sampled again
+            if path is None or not path.is_file():
+                continue
+            try:
+                with np.load(path) as d:
+                    item = {k: d[k] for k in ("features", "sample_s", "feature_s", "calls")}
+            except (OSError, ValueError, KeyError, EOFError):
+                continue  # damaged: the next root's, else sampled again
+            self._memory[(key, start, stop)] = item
+            break
         return item
 
     def _save(self, key: str, start: int, stop: int, item: dict[str, Any]) -> None:

@@ -188,11 +188,18 @@ class SearchSpace:
 
     def size_distinct_plans(self) -> int:
         """Distinct plans: a segment has 1 + B * (L - 1) choices (interval 1 needs no branch), one more where it
-        may be skipped (less the plan that skips every segment)."""
+        may be skipped, less the plans that make no network call from ``start`` on (``_runs``): in "drop"
+        mode those whose every segment is skipped or active only before ``start``, in "reuse" mode the
+        plan that skips every segment."""
         B, total = len(self.branches), 0
         for n in self.Ns:
-            choices = 1 + B * (self.T // n - 1) + (self.k_low(n) == 0)
-            total += int(np.prod(choices.astype(object))) - int(not self.k_low(n).any())
+            L, skip = self.T // n, (self.k_low(n) == 0).astype(object)
+            choices = 1 + B * (L - 1) + skip
+            idle = skip.copy()  # a segment's choices with no active step from start on
+            if self.null_mode == "drop":  # intervals k <= m keep a segment's active steps before start
+                m = np.clip(self.start - np.arange(n) * L, 0, L)
+                idle += np.where(m > 0, 1 + B * (m - 1), 0).astype(object)
+            total += int(np.prod(choices)) - int(np.prod(idle))
         return total
 
     def size_step_wise(self) -> int:
