@@ -63,8 +63,9 @@ class FeatureStore:
         return None if root is None else root / key / f"{start:07d}-{stop:07d}.npz"
 
     def _load(self, key: str, start: int, stop: int) -> dict[str, Any] | None:
-        item = self._memory.get((key, start, stop))
-        for root in (self.root, self.shipped) if item is None else ():
+        if (key, start, stop) in self._memory:
+            return self._memory[(key, start, stop)]
+        for root in (self.root, self.shipped):
             path = self._path(root, key, start, stop)
             if path is None or not path.is_file():
                 continue
@@ -74,8 +75,8 @@ class FeatureStore:
             except (OSError, ValueError, KeyError, EOFError):
                 continue  # damaged: the next root's, else sampled again
             self._memory[(key, start, stop)] = item
-            break
-        return item
+            return item
+        return None
 
     def _save(self, key: str, start: int, stop: int, item: dict[str, Any]) -> None:
         self._memory[(key, start, stop)] = item
