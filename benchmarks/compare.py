@@ -23,6 +23,7 @@ import numpy as np
 from scipy.optimize import nnls
 
 from benchmarks.common import machine, parse, save_json, write_section
+from benchmarks.render import tables
 from benchmarks.study import choose_measures, objective_study
 from flexnas.errors import FlexnasError, report_errors
 from flexnas.metrics.evaluator import Evaluator
@@ -86,6 +87,7 @@ class Bench:
         self.T = self.loaded.problem.T
         self.timings: dict[str, float] = {}
         self.wall_fit: dict | None = None  # the wall-clock model of the last ``walls``
+        self.evaluated: dict[str, list[dict]] = {}  # per goal, every plan its searches screened on its ground truth
 
     def record(self, plan: Plan, family: str, name: str, n: int) -> dict:
         r = self.cand.evaluate(plan, n=n)
@@ -195,6 +197,8 @@ def searches(b: Bench, measures: dict[str, dict], runs_dir: Path) -> list[dict]:
         recs = list(prob.cache.records.values())
         front = front_records(res, prob)
         calls = sum(r["calls"] for r in recs)
+        if m["measure"] == GROUND_TRUTH[goal]:
+            b.evaluated.setdefault(goal, []).extend({**x, "images": m["images"]} for x in recs)
         out.append({"name": name, "goal": goal, "algorithm": algo, "seed": seed, "skip": skip,
                     "measure": m["measure"], "images": m["images"], "search_s": time.time() - t0,
                     "evaluated": len(recs), "requested": prob.requested_total, "calls_made": calls,
@@ -277,6 +281,22 @@ def fronts_hi(b: Bench, runs: list[dict], mids: list[list[dict]], baselines: lis
     return list(out.values())
 
 
+def headroom_hi(b: Bench, rows: list[dict]) -> list[dict]:
+    """The quality searches' best screened plan at each headroom row's MACs speed-up (``render.headroom``),
+    re-scored on ``hi_images``: the necessary condition for the 1.25x target judged on the ground truth's
+    images. On 64 images the teacher's FID to real is 8.2 against 6.4 on 2,000, and the bound scales with it
+    only if every plan's FID does (the 64-image table passed +5% at 12.3x MACs at 31da2af)."""
+    q, picked = GROUND_TRUTH["quality"], {}
+    for h in rows:
+        fast = [r for r in b.evaluated.get("quality", []) if 1 / r["macs_ratio"] >= h["need_macs_speedup"]]
+        if fast:
+            r = min(fast, key=lambda r: r[q])
+            picked[r["strip"]] = r
+    return [{**b.record(Plan.from_dict(r["plan"]), "headroom", f"headroom {1 / r['macs_ratio']:.2f}x MACs",
+                        b.s.hi_images), "screened": {"images": r["images"], q: r[q]}}
+            for r in picked.values()]
+
+
 WALL_FIELDS = ("wall_speedup", "wall_speedup_median")  # modelled (what the report compares), the plan's own
 
 
@@ -344,19 +364,19 @@ def run(s: Settings, report: Path, results: Path, figures: Path) -> dict:
     hi_records = [teacher] + base_hi + rnd + fronts
     for r in base_hi:
         r.update(timed[r["strip"]])
-    study = b.stage("objective study", objective_study, b, hi_records)
     out = {"settings": asdict(s), "T": b.T, "machine": machine(), "teacher": teacher,
            "baselines_screened": base, "baselines_mid": base_mid, "hi": hi_records, "runs": runs,
-           "fronts_mid": [f for m in mids for f in m],  # what decided which front plans reached hi_images
-           "study_baselines": study0, "study": study, "measures": measures, "timings": b.timings,
-           "wall_fit": b.wall_fit,
-           "total_s": time.time() - t_start}
+           "fronts_mid": [f for m in mids for f in m]}  # what decided which front plans reached hi_images
+    out["headroom"] = b.stage("headroom to hi", headroom_hi, b, tables(out)["headroom"])
+    study = b.stage("objective study", objective_study, b, hi_records)
+    out.update({"study_baselines": study0, "study": study, "measures": measures, "timings": b.timings,
+                "wall_fit": b.wall_fit, "total_s": time.time() - t_start})
     return finish(out, results, report, figures)
 
 
 def finish(out: dict, results: Path, report: Path, figures: Path) -> dict:
     """Tables and targets of ``out``, saved with it; its report section and figures written."""
-    from benchmarks.render import render, tables, targets
+    from benchmarks.render import render, targets
 
     out["tables"] = tables(out)
     out["targets"] = targets(out)

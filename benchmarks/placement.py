@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import machine, parse, publish
+from benchmarks.compare import Settings
 from flexnas.errors import report_errors
 from flexnas.metrics.measures import score
 from flexnas.plan.plan import Plan, Segment
@@ -47,7 +48,7 @@ def placements(sch: str, T: int, k: int) -> dict[str, Plan]:
 
 
 def run(images: int, ks: tuple[int, ...]) -> dict:
-    cand = CandidateEvaluator.get(SearchConfig(images=64).validate())
+    cand = CandidateEvaluator.get(SearchConfig(images=64, overrides=Settings().problem_overrides()).validate())
     p = cand.loaded.problem
     teacher = cand.store.features(p.teacher_plan(), images)
     rows = []

@@ -69,6 +69,14 @@ def test_quick_benchmark_writes_report_and_figures(tmp_path, monkeypatch):
     for h in data["tables"]["headroom"]:
         fast = [v for m, v in points if 1 / m >= h["need_macs_speedup"]]
         assert h["plans"] == len(fast) and h["best"] == (min(fast) if fast else None)
+        # the best of them, re-scored on hi_images against the level of the teacher's there
+        heads = [r for r in data["headroom"] if 1 / r["macs_ratio"] >= h["need_macs_speedup"]]
+        assert all(r["images"] == hi and r["family"] == "headroom" for r in heads)
+        assert bool(fast) == bool(heads) and (not fast or min(r["screened"]["fid_to_real"] for r in heads) == min(fast))
+        if heads:
+            best = min(heads, key=lambda r: r["fid_to_real"])
+            assert (h["hi"]["strip"], h["hi"]["fid_to_real"]) == (best["strip"], best["fid_to_real"])
+            assert h["hi"]["bound"] == pytest.approx(teacher["fid_to_real"] * (1 + h["level"]))
     fid_points = [pt for r in data["runs"] if r["goal"] == "fidelity" and r["measure"] == "paired" for pt in r["points"]]
     for row in data["tables"]["fidelity"]:  # the lowest paired any fidelity search screened at the baseline's speed
         fast = [v for m, v in fid_points if most / m >= row["wall_speedup"]]
@@ -87,6 +95,45 @@ def test_quick_benchmark_writes_report_and_figures(tmp_path, monkeypatch):
     assert compare.main(argv) == 0 and report.read_text() == before
     assert compare.main(["--render-only", "--report", str(tmp_path / "R2.md"), "--results", str(tmp_path / "no")]) == 2
     assert not (tmp_path / "R2.md").exists()
+
+
+def test_headroom_rescores_the_best_screened_plan_at_each_needed_speed():
+    """Per headroom row, the quality searches' plan with the lowest screening FID among those with the needed
+    MACs speed-up goes to hi_images once; the table then reads it against the teacher's FID there."""
+    from types import SimpleNamespace
+
+    from benchmarks.compare import headroom_hi
+    from benchmarks.render import headroom
+    from flexnas.plan.plan import Plan
+
+    plans = {k: Plan.teacher("DDIMScheduler", k) for k in (5, 8, 10)}
+    screened = {5: 20.0, 8: 8.4, 10: 6.6}  # FID to real on 64 images
+    on_hi = {5: 17.0, 8: 8.3, 10: 6.3}
+    evaluated = [{"plan": p.to_dict(), "strip": p.strip(), "macs_ratio": k / 100, "fid_to_real": screened[k],
+                  "images": 64} for k, p in plans.items()]
+    asked = []
+
+    def record(plan, family, name, n):
+        asked.append((plan.T, n))
+        return {"family": family, "name": name, "strip": plan.strip(), "images": n, "macs_ratio": plan.T / 100,
+                "fid_to_real": on_hi[plan.T]}
+
+    b = SimpleNamespace(evaluated={"quality": evaluated}, s=SimpleNamespace(hi_images=2000), record=record)
+    heads = headroom_hi(b, [{"need_macs_speedup": 12.0}, {"need_macs_speedup": 9.5}, {"need_macs_speedup": 11.0}])
+    assert asked == [(8, 2000), (10, 2000)]  # 12x and 11x share DDIM-8's plan; at 9.5x DDIM-10 screens best
+    assert [h["screened"] for h in heads] == [{"images": 64, "fid_to_real": 8.4}, {"images": 64, "fid_to_real": 6.6}]
+    assert headroom_hi(SimpleNamespace(evaluated={}, s=b.s, record=record), [{"need_macs_speedup": 12.0}]) == []
+
+    out = {"baselines_screened": [{"family": "teacher", "fid_to_real": 8.2, "images": 64}],
+           "runs": [{"goal": "quality", "measure": "fid_to_real", "points": [[r["macs_ratio"], r["fid_to_real"]]
+                                                                           for r in evaluated]}],
+           "teacher": {"fid_to_real": 6.4}, "headroom": heads}
+    rows = headroom(out, [{"level": 0.1, "steps": {"wall_speedup": 9.6}}, {"level": 0.05, "steps": None}], 1.0)
+    (row,) = rows  # no baseline within +5%: no row
+    assert (row["need_macs_speedup"], row["plans"], row["best"]) == (pytest.approx(12.0), 2, 8.4)
+    assert row["bound"] == pytest.approx(8.2 * 1.1)
+    assert row["hi"] == {"name": heads[0]["name"], "strip": plans[8].strip(), "fid_to_real": 8.3, "images": 2000,
+                         "bound": pytest.approx(6.4 * 1.1)}
 
 
 def test_fidelity_seeds_marks_a_baseline_beaten_only_by_a_faster_closer_plan():

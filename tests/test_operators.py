@@ -11,7 +11,7 @@ from pymoo.core.population import Population
 from flexnas.metrics.macs import MacCounter
 from flexnas.plan.space import SearchSpace
 from flexnas.search.operators import (CanonicalDuplicateElimination, FlexSampling, SegmentCrossover, SegmentMutation,
-                                      early_partial, spread_order)
+                                      early_partial, high_noise, spread_order)
 
 S = "DDIMScheduler"
 SEEDS = range(200)
@@ -126,6 +126,24 @@ def test_early_partial_against_hand_worked_plans():
     for f in (2, 3, 4, 5, 6, 7, 8, 9, 10):
         c = sp.decode(early_partial(sp, f)).counts()
         assert c["full"] == f and c["partial"] == {0: -(-f // 5)}
+
+
+def test_high_noise_places_full_steps_densely_at_the_top_and_seeds_fidelity_second():
+    """FULL at round((T - 1) u^1.5) for u evenly spaced in [0, 1], None where rounding merges two; for fidelity
+    these seeds come second in the turn (after the early-PARTIAL ones), from ceil(0.14 T) FULL steps to T / 2,
+    spread over their counts; quality searches get none."""
+    sp = SearchSpace(S, 20, (2, 4, 5, 10, 20), (0, 1), "drop", True)
+    plan = sp.decode(high_noise(sp, 5))  # 19 x (0, 0.125, 0.354, 0.650, 1) = 0, 2.4, 6.7, 12.3, 19
+    assert plan.strip() == " ".join("F" if i in (0, 2, 7, 12, 19) else "." for i in range(20))
+    assert plan.counts()["full"] == 5 and sp.decode(high_noise(sp, 5, p=1.0)).strip().startswith("F . . . . F")
+    assert high_noise(sp, 20) is None  # 19 x (1/19)^1.5 rounds to 0: merged with the first
+    counts = [f for f in range(3, 11) if high_noise(sp, f) is not None]  # ceil(0.14 x 20) = 3
+    keys = {sp.key(high_noise(sp, f)): f for f in counts}
+    X = FlexSampling(trailing_null=True)._do(stand_in(sp), 60, random_state=np.random.default_rng(0))
+    got = [keys[sp.key(x)] for x in X if sp.key(x) in keys]
+    assert got == spread_order(counts, counts) and keys[sp.key(X[2])] == got[0] and early_key(sp, X[1])
+    plain = FlexSampling()._do(stand_in(sp), 60, random_state=np.random.default_rng(0))
+    assert not any(sp.key(x) in keys for x in plain)
 
 
 def trailing_key(sp, x) -> tuple[int, int] | None:

@@ -28,14 +28,15 @@ class FlexSampling(Sampling):
     and (where the first segment may be skipped) stock-spaced step reductions at any step count, in
     turn (the baselines a search should start from), then random genomes.
 
-    ``trailing_null`` puts two more families first in the turn: step reduction on the teacher's grid with
-    PARTIAL steps early (``early_partial``), and DeepCache with trailing NULL steps (every segment
+    ``trailing_null`` puts three more families first in the turn: step reduction on the teacher's grid with
+    PARTIAL steps early (``early_partial``), FULL steps only, placed densely at high noise (``high_noise``,
+    where the first segment may be skipped), and DeepCache with trailing NULL steps (every segment
     ``F p.. . .``: interval k between 1 and L <= 5, shallowest branch). At their speeds (early: 4x-6x
-    wall-clock, trailing: 2.3x-3.6x) these are far closer to the teacher than stock step counts, so fidelity
-    searches start from them; trailing plans with 10-step segments lost to a stock step count at their
-    speed at every k, and early ones first because they hold the faster region (benchmarks/REPORT.md,
-    "Fidelity seeds"). Without ``macs`` trailing seeds come most segments first, early-PARTIAL ones
-    spread over their FULL step counts.
+    wall-clock, placed: 3x-7x, trailing: 2.3x-3.6x) these are far closer to the teacher than stock step
+    counts, so fidelity searches start from them; trailing plans with 10-step segments lost to a stock step
+    count at their speed at every k, and early ones first because they hold the faster region
+    (benchmarks/REPORT.md, "Fidelity seeds" and "Step placement"). Without ``macs`` trailing seeds come
+    most segments first, early-PARTIAL and placed ones spread over their FULL step counts.
 
     With ``macs`` (the problem's ``MacCounter``) and ``feasible`` (``SearchConfig.feasible``: the MACs
     budget and floor), seeds outside the constraints are left out: a population of 16 has no place
@@ -66,13 +67,13 @@ class FlexSampling(Sampling):
         steps = [sp.join(n, np.zeros(n, int), np.ones(n, int)) for n in rng.permutation([n for n in sp.Ns if n < sp.T])]
         # where the first segment may be skipped: k FULL steps spaced as a stock num_inference_steps=k run
         # ("leading": the last at the end of the schedule, the first below its top), for any k
-        leading = []
+        leading, placed = [], []
         if sp.T in sp.Ns and sp.k_low(sp.T)[0] == 0:
             for k in rng.permutation(np.arange(2, sp.T // 2 + 1)):
-                pos = sp.T - 1 - np.round(np.arange(k) * sp.T / k).astype(int)
-                kk = np.zeros(sp.T, int)
-                kk[pos] = 1
-                leading.append(sp.join(sp.T, np.zeros(sp.T, int), kk))
+                leading.append(full_at(sp, sp.T - 1 - np.round(np.arange(k) * sp.T / k).astype(int)))
+            if self.trailing_null:  # from ceil(0.14 T) FULL steps on (``high_noise``), spread over their counts
+                built = {k: g for k in range(-(-14 * sp.T // 100), sp.T // 2 + 1) if (g := high_noise(sp, k)) is not None}
+                placed = [built[k] for k in spread_order(list(built), list(built))]
         # DeepCache with trailing NULL steps, segments of at most 5 steps (longer ones lose to stock step
         # counts at their speed): most segments first, then the most active steps per segment
         pairs = sorted(((n, k) for n in sp.Ns if sp.T // n <= 5 for k in range(2, sp.T // n)),
@@ -80,24 +81,42 @@ class FlexSampling(Sampling):
         trailing = [sp.join(n, np.zeros(n, int), np.full(n, k)) for n, k in pairs]
         built = {f: g for f in range(2, sp.T) if self.trailing_null and (g := early_partial(sp, f)) is not None}
         early = [built[f] for f in spread_order(list(built), list(built))]
-        families = [early, trailing, deepcache, steps, leading]  # a fixed order: the other families' draws are unchanged
+        families = [early, placed, trailing, deepcache, steps, leading]  # fixed: the others' draws are unchanged
         if self.macs is not None:
             rated = [[(g, self.macs.ratio(sp.decode(g), sp.T)) for g in fam] for fam in families]
             if self.feasible is not None:
                 rated = [[(g, r) for g, r in fam if self.feasible(r)] for fam in rated]
             families = [[g for g, _ in fam] for fam in rated]
             by_n: dict[int, list] = {}
-            for g, r in rated[1]:
+            for g, r in rated[2]:
                 by_n.setdefault(int(g[0]), []).append((g, np.log(r)))
-            families[1] = [g for i in sorted(by_n, reverse=True)  # n_index: most segments first
+            families[2] = [g for i in sorted(by_n, reverse=True)  # n_index: most segments first
                            for g in spread_order([g for g, _ in by_n[i]], [v for _, v in by_n[i]])]
-            families[0] = spread_order(families[0], [np.log(r) for _, r in rated[0]])
+            for i in (0, 1):
+                families[i] = spread_order(families[i], [np.log(r) for _, r in rated[i]])
         for i in range(max(map(len, families))):
             seeds += [g[i] for g in families if i < len(g)]
         X = seeds[:n_samples]
         while len(X) < n_samples:
             X.append(sp.random(rng))
         return np.array(X, dtype=int)
+
+
+def full_at(sp: SearchSpace, positions) -> np.ndarray:
+    """The genome of one segment per base step (N = T), FULL at ``positions``, NULL elsewhere."""
+    k = np.zeros(sp.T, int)
+    k[np.asarray(positions, int)] = 1
+    return sp.join(sp.T, np.zeros(sp.T, int), k)
+
+
+def high_noise(sp: SearchSpace, fulls: int, p: float = 1.5) -> np.ndarray | None:
+    """``fulls`` FULL steps at base steps round((T - 1) u^p), u evenly spaced in [0, 1]: the top of the
+    schedule and its end, denser at high noise (None where rounding merges two). On the embedded model
+    this is far closer to the teacher than stock spacing of as many steps from 14 on (paired distance
+    on 256 images 1.594 against 1.752 at 20 steps, 1.472 against 1.709 at 22), and no closer at 12 or
+    fewer (benchmarks/REPORT.md, "Step placement"): seeded from 14% of T on."""
+    pos = np.round((sp.T - 1) * np.linspace(0, 1, fulls) ** p).astype(int)
+    return full_at(sp, pos) if len(set(pos.tolist())) == fulls else None
 
 
 def early_partial(sp: SearchSpace, fulls: int) -> np.ndarray | None:
