@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import RESULTS, machine, parse, publish
-from benchmarks.compare import Bench, Settings, baseline_plans, speed, walls
+from benchmarks.compare import MACS_MARGIN, Bench, Settings, baseline_plans, speed, walls
 from flexnas.errors import FlexnasError, report_errors
 from flexnas.metrics.measures import GROUND_TRUTH
 from flexnas.plan.plan import Plan
@@ -33,7 +33,6 @@ from flexnas.report.plots import plan_family
 COMMAND = ["search", "--problem", "fashion-mnist", "--macs-budget", "0.2", "--macs-floor", "0.05",
            "--gens", "4", "--images", "32"]  # README command 1
 LABEL = {"quality": "FID to real", "fidelity": "paired distance to the teacher"}  # each goal's ground truth
-MACS_MARGIN = 0.9  # a baseline with less MACs speed-up than this is never faster in wall-clock here
 
 
 def chosen_plans(run: Path | None) -> tuple[Path, str, list[dict]]:

@@ -184,6 +184,10 @@ def test_cover_picks_the_fewest_plans_that_beat_the_most_baselines():
     for r, w in zip(base + front, [3.0, 3.5, 8.0, 8.0, 4.0, 2.5, 12.0]):
         r["wall_speedup"] = w
     assert cover(front, base, "paired", 64, 3, by="wall") == [front[0], front[2]]
+    # with slack, a plan up to that share slower still counts (it may be as fast once timed)
+    slower = [{"macs_ratio": 0.32, "paired": 1.4}]  # 3.13x against the first baseline's 3.33x
+    assert cover(slower, base, "paired", 64, 1) == [] and cover(slower, base, "paired", 64, 1, slack=0.9) == slower
+    assert cover(slower, base, "paired", 64, 1, slack=0.95) == []
 
 
 def test_fronts_mid_sends_the_plans_that_beat_most_baselines_then_spreads_the_rest():
