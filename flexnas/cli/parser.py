@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="every K generations, score the population's non-dominated plans on --promote-images and "
                          "let them compete with that score (default 0: off; see README 'Search options')")
     sp.add_argument("--promote-images", type=int, default=None, help="images a promotion scores on (default: 4x --images)")
+    sp.add_argument("--refine-evals", type=int, default=0, metavar="E",
+                    help="after the last generation, spend up to E evaluations moving the FULL steps of the front's "
+                         "FULL-step plans along the schedule (same speed, closer objective; default 0: off; see "
+                         "README 'Search options')")
     sp.add_argument("--paper-space", action="store_true",
                     help="the paper's space: every segment runs a FULL step (no skipped segments)")
     sp.add_argument("--segments", default=None, help="admissible N, comma-separated (default: divisors of T)")

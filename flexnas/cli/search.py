@@ -36,7 +36,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                           macs_floor=args.macs_floor, images=args.images, goal=args.goal,
                           objective=args.objective, skip=not args.paper_space,
                           rescore_images=args.rescore_images, promote_every=args.promote_every,
-                          promote_images=args.promote_images, segments=int_list(args.segments, "segments"),
+                          promote_images=args.promote_images,
+                          refine_evals=args.refine_evals, segments=int_list(args.segments, "segments"),
                           branches=int_list(args.branches, "branches"), null_mode=args.null_mode,
                           extractor=args.extractor, extractor_weights=args.inception_weights,
                           overrides=overrides).validate()

@@ -29,6 +29,7 @@ class SearchConfig:
     rescore_images: int | None = None  # re-score the front and baselines on this many images (0: no; None: the problem's)
     promote_every: int = 0  # promote the population's front every this many generations (0: never)
     promote_images: int | None = None  # to this many images (None: 4x the screening images)
+    refine_evals: int = 0  # evaluations moving the front's FULL steps after the last generation (0: none)
     segments: list[int] | None = None
     branches: list[int] | None = None
     null_mode: str | None = None
@@ -48,6 +49,9 @@ class SearchConfig:
                                f"got {self.promote_every}")
         if self.promote_images is not None and not self.promote_every:
             raise FlexnasError("--promote-images needs --promote-every K (how often to promote)")
+        if self.refine_evals < 0:
+            raise FlexnasError(f"--refine-evals must be 0 (no refinement) or a number of evaluations, "
+                               f"got {self.refine_evals}")
         if self.pop < 2:
             raise FlexnasError(f"--pop must be at least 2, got {self.pop}")
         if self.gens < 1:
@@ -87,7 +91,7 @@ RESUME_FLAGS = {"problem": "--problem/--model", "algorithm": "--algorithm", "pop
                 "macs_budget": "--macs-budget", "macs_floor": "--macs-floor", "images": "--images", "goal": "--goal",
                 "objective": "--objective",
                 "skip": "--paper-space", "rescore_images": "--rescore-images", "promote_every": "--promote-every",
-                "promote_images": "--promote-images", "segments": "--segments",
+                "promote_images": "--promote-images", "refine_evals": "--refine-evals", "segments": "--segments",
                 "branches": "--branches", "null_mode": "--null-mode", "extractor": "--extractor",
                 "extractor_weights": "--inception-weights", "overrides": "the model options (--steps, --model, ...)"}
 

@@ -16,6 +16,7 @@ from pymoo.core.sampling import Sampling
 from pymoo.core.variable import get
 
 from flexnas.metrics.macs import MacCounter
+from flexnas.plan.plan import Plan
 from flexnas.plan.space import SearchSpace
 
 
@@ -70,7 +71,7 @@ class FlexSampling(Sampling):
         leading, placed = [], []
         if sp.T in sp.Ns and sp.k_low(sp.T)[0] == 0:
             for k in rng.permutation(np.arange(2, sp.T // 2 + 1)):
-                leading.append(full_at(sp, sp.T - 1 - np.round(np.arange(k) * sp.T / k).astype(int)))
+                leading.append(stock_spaced(sp, k))
             if self.trailing_null:  # from ceil(0.14 T) FULL steps on (``high_noise``), spread over their counts
                 built = {k: g for k in range(-(-14 * sp.T // 100), sp.T // 2 + 1) if (g := high_noise(sp, k)) is not None}
                 placed = [built[k] for k in spread_order(list(built), list(built))]
@@ -103,10 +104,14 @@ class FlexSampling(Sampling):
 
 
 def full_at(sp: SearchSpace, positions) -> np.ndarray:
-    """The genome of one segment per base step (N = T), FULL at ``positions``, NULL elsewhere."""
-    k = np.zeros(sp.T, int)
-    k[np.asarray(positions, int)] = 1
-    return sp.join(sp.T, np.zeros(sp.T, int), k)
+    """The genome of ``Plan.full_at``: FULL at base steps ``positions``, NULL elsewhere."""
+    return sp.encode(Plan.full_at(sp.scheduler, sp.T, positions, sp.null_mode))
+
+
+def stock_spaced(sp: SearchSpace, k: int) -> np.ndarray:
+    """``k`` FULL steps spaced as a stock ``num_inference_steps=k`` run ("leading": the last at the end of the
+    schedule, the first below its top), rounded to the base grid."""
+    return full_at(sp, sp.T - 1 - np.round(np.arange(k) * sp.T / k).astype(int))
 
 
 def high_noise(sp: SearchSpace, fulls: int, p: float = 1.5) -> np.ndarray | None:

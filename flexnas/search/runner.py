@@ -27,6 +27,7 @@ from flexnas.plan.space import SearchSpace
 from flexnas.search.candidates import CandidateEvaluator, check_runnable
 from flexnas.search.config import SearchConfig, check_resume_options
 from flexnas.search.operators import CanonicalDuplicateElimination, FlexSampling, SegmentCrossover, SegmentMutation
+from flexnas.search.placement import PlacementRefinement
 from flexnas.search.problem import GenomeProblem
 from flexnas.search.promotion import Promotion
 from flexnas.search.runfolder import Checkpoint, Progress, run_folder
@@ -171,6 +172,7 @@ def _run(config: SearchConfig, out: Path, resume: bool, workers: int | None, das
         # promotion first: the checkpoint and the progress bar see the promoted population
         every, images = config.promote_every, config.promote_images or 4 * evaluator.n
         cbs = [Promotion(every, images)] if every else []
+        cbs += [PlacementRefinement(config.refine_evals)] if config.refine_evals else []
         cb = CallbackCollection(*cbs, Checkpoint(ckpt_path), *([bar] if bar is not None else []))
         problem.progress = bar
         if resume:

@@ -1,0 +1,117 @@
+"""Placement refinement: the steps of the search's FULL-step plans moved along the base schedule.
+
+Where k FULL steps sit decides how close k U-Net calls come to the teacher, and stock spacing is
+far from the best there is: on the embedded model, moving stock DDIM-10's steps one at a time while
+the paired distance on 64 images fell brought it from 2.144 to 1.835 on 256 images, closer than
+stock DDIM-16 (benchmarks/REPORT.md, "Step placement"). The evolutionary operators redraw whole
+segments, which changes a plan's step count and so its speed; a move keeps both, so it is searched
+apart, as a local search after the last generation (a memetic step): each refined plan joins the
+population, and the algorithm's own survival keeps it, since it dominates its parent (equal MACs,
+lower objective). docs/DESIGN.md, section 7.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from pymoo.core.callback import Callback
+from pymoo.core.population import Population
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+from flexnas.plan.space import SearchSpace
+from flexnas.search.operators import full_at
+from flexnas.search.problem import INF_SCORE
+
+MOVES = (-1, 1, -2, 2, -4, 4)  # base steps a FULL step may move by, in one evaluation batch
+
+
+def placement(space: SearchSpace, x: np.ndarray) -> np.ndarray | None:
+    """The genome of one segment per base step with the plan of ``x`` (``full_at`` its FULL steps), where that
+    plan has FULL and NULL steps only and the space lets any base step be skipped; else None. Only such
+    genomes have steps that can move."""
+    n, _, k = space.split(x)
+    if np.any(k > 1) or space.T not in space.Ns or space.k_low(space.T).any():
+        return None
+    return full_at(space, space.decode(x).active_indices())
+
+
+def moves(space: SearchSpace, x: np.ndarray, i: int) -> list[np.ndarray]:
+    """Genomes with the ``i``-th FULL step of ``x`` moved by each of ``MOVES``: the steps keep their order,
+    and no step crosses ``space.start`` (before it an image-to-image run executes nothing, so a move
+    across it would change the plan's cost)."""
+    _, _, k = space.split(x)
+    pos = np.flatnonzero(k)
+    lo = pos[i - 1] + 1 if i else 0
+    hi = pos[i + 1] - 1 if i + 1 < len(pos) else space.T - 1
+    out = []
+    for d in MOVES:
+        q = pos[i] + d
+        if lo <= q <= hi and (q >= space.start) == (pos[i] >= space.start):
+            k2 = k.copy()
+            k2[pos[i]], k2[q] = 0, 1
+            out.append(space.join(space.T, np.zeros(space.T, int), k2))
+    return out
+
+
+def refine(space: SearchSpace, evaluate: Callable[[list[np.ndarray]], np.ndarray], x: np.ndarray, score: float,
+           budget: int) -> tuple[np.ndarray, float, int]:
+    """Coordinate descent from genome ``x`` (of objective ``score``; lower is better): each FULL step in turn,
+    from the top of the schedule, goes to the best of its ``moves`` (``evaluate`` scores a batch of genomes)
+    if that beats the plan so far; sweeps repeat until one changes nothing or ``budget`` evaluations are
+    spent. Returns the best genome, its score and the evaluations spent."""
+    spent, changed = 0, True
+    while changed and spent < budget:
+        changed = False
+        for i in range(int(space.split(x)[2].sum())):  # moves keep the number of FULL steps
+            cands = moves(space, x, i)[:budget - spent]
+            if not cands:
+                continue
+            scores = np.asarray(evaluate(cands), dtype=float)
+            spent += len(cands)
+            j = int(np.argmin(scores))
+            if scores[j] < score:
+                x, score, changed = cands[j], float(scores[j]), True
+            if spent >= budget:
+                break
+    return x, score, spent
+
+
+class PlacementRefinement(Callback):
+    """A pymoo callback: after the last generation, ``refine`` the population's non-dominated, feasible,
+    refinable plans (fastest first, an equal share of ``evals`` each, through the algorithm's evaluator)
+    and let the algorithm's survival take the refined plans in."""
+
+    def __init__(self, evals: int):
+        super().__init__()
+        self.evals = evals
+
+    def _update(self, algorithm) -> None:
+        problem, pop = algorithm.problem, algorithm.pop
+        if algorithm.n_gen < problem.config.gens:
+            return
+        F, seen = pop.get("F"), {}
+
+        def evaluate(X: list[np.ndarray]) -> np.ndarray:
+            new = Population.new(X=np.array(X))
+            algorithm.evaluator.eval(problem, new, algorithm=algorithm)
+            seen.update((tuple(ind.X), ind) for ind in new)
+            return new.get("F")[:, 0]
+
+        ok = np.flatnonzero((pop.get("CV")[:, 0] <= 0) & (F[:, 0] < INF_SCORE))
+        macs = np.array([r["macs_ratio"] for r in problem.records(problem.keys(pop.get("X")))])
+        objs = np.stack([F[:, 0], macs], axis=1)
+        front = ok[NonDominatedSorting().do(objs[ok], only_non_dominated_front=True)] if len(ok) else ok
+        start = {i: x for i in front if (x := placement(problem.space, pop[i].X)) is not None}
+        todo = sorted(start, key=lambda i: macs[i])
+        left, out = self.evals, {}
+        for j, i in enumerate(todo):  # the plan of start[i] is pop[i]'s: its objective is known
+            x, _, spent = refine(problem.space, evaluate, start[i], F[i, 0], left // (len(todo) - j))
+            left -= spent
+            if tuple(x) in seen:
+                out[tuple(x)] = seen[tuple(x)]
+        if out:
+            algorithm.pop = algorithm.survival.do(problem, Population.merge(pop, Population.create(*out.values())),
+                                                  n_survive=len(pop), algorithm=algorithm,
+                                                  random_state=algorithm.random_state)
+            algorithm._set_optimum()
