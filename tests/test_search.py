@@ -670,6 +670,44 @@ def test_promoted_ga_keeps_its_best_by_the_promoted_score(tmp_path):
     assert score[best] == min(score[k] for k in in_pop)  # pymoo's own GA survival ranked the promoted scores
 
 
+def test_placement_refinement_moves_the_fronts_full_steps_at_equal_speed(tmp_path):
+    """--refine-evals 24 (skip space): the generations are the unrefined run's (same seed); then at most 24
+    evaluations more, each of a FULL-step plan with as many FULL steps as one on the last population's front;
+    every plan of the unrefined front is matched or dominated by the refined front."""
+    runs = {}
+    for name, extra in (("plain", ()), ("refined", ("--refine-evals", "24"))):
+        out = tmp_path / name
+        argv = [a for a in search_argv(out, "--objective", "paired", "--pop", "6", *extra) if a != "--paper-space"]
+        assert cli(argv) == 0
+        runs[name] = out
+    plain, refined = ({r["key"]: r for r in evaluations_of(runs[n])} for n in ("plain", "refined"))
+    assert set(plain) < set(refined) and len(refined) - len(plain) <= 24
+    counts = {Plan.from_dict(r["plan"]).counts()["full"] for r in plain.values()
+              if not Plan.from_dict(r["plan"]).counts()["partial"]}
+    for key in set(refined) - set(plain):
+        plan = Plan.from_dict(refined[key]["plan"])
+        assert plan.N == plan.T and not plan.counts()["partial"] and plan.counts()["full"] in counts
+    fronts = {n: [(r["paired"], r["macs_ratio"]) for r in json.loads((runs[n] / "front.json").read_text())]
+              for n in runs}
+    for q, m in fronts["plain"]:
+        assert any(q2 <= q and m2 <= m for q2, m2 in fronts["refined"])
+    # the budget was not spent out, so every FULL-step front plan is a local optimum: no move scores lower
+    from flexnas.search.placement import moves, placement
+
+    problem = load_checkpoint(runs["refined"] / "checkpoint.pkl").problem
+    assert len(refined) - len(plain) < 24
+    front = json.loads((runs["refined"] / "front.json").read_text())
+    checked = 0
+    for r in front:
+        x = placement(problem.space, np.array(r["genome"]))
+        for i in range(len(problem.space.decode(x).active_indices()) if x is not None else 0):
+            near = problem.keys(moves(problem.space, x, i))  # none for the teacher: every base step is taken
+            assert all(refined[k]["paired"] >= r["paired"] for k in near)
+            checked += len(near)
+    assert checked
+    assert json.loads((runs["refined"] / "run.json").read_text())["config"]["refine_evals"] == 24
+
+
 def test_promoted_run_resumes_to_the_uninterrupted_front(tmp_path):
     """The promoted scores live in the checkpoint: stopping after each generation changes nothing."""
     extra = ("--goal", "quality", "--objective", "fid_to_real", "--promote-every", "1", "--promote-images", "16")
@@ -709,6 +747,7 @@ def assert_one_error_line(capsys) -> str:
     (["--promote-images", "4", "--promote-every", "1"], "--promote-images"),
     (["--promote-every", "-1"], "--promote-every"),
     (["--promote-images", "16"], "needs --promote-every"),
+    (["--refine-evals", "-1"], "--refine-evals"),
     (["--scheduler", "PNDMScheduler", "--null-mode", "drop"], "cannot drop timesteps"),
     (["--dask", "foo://bar"], "cannot reach the Dask scheduler"),
     (["--segments", "3"], "do not divide T=10"),
@@ -728,6 +767,7 @@ def test_bad_search_input(tmp_path, capsys, extra, words):
     (["--pop", "8"], "--pop"),
     (["--seed", "5"], "--seed"),
     (["--objective", "fid_to_real"], "--objective"),
+    (["--refine-evals", "10"], "--refine-evals"),
     (["--steps", "20"], "model options"),
 ])
 def test_resume_refuses_conflicting_options(nsga_run, tmp_path, capsys, extra, flag):
