@@ -33,7 +33,7 @@ from flexnas.plan.plan import Plan
 from flexnas.plan.space import SearchSpace
 from flexnas.search.candidates import CandidateEvaluator
 from flexnas.search.config import SearchConfig
-from flexnas.search.operators import stock_spaced
+from flexnas.search.operators import full_at, stock_spaced
 from flexnas.search.placement import refine
 
 
@@ -43,19 +43,22 @@ SCREEN = 64  # the images refinement scores on: the fidelity goal's search defau
 MEASURES = ("fid_to_real", "kid_to_real", "paired")
 
 
-def placements(sch: str, T: int, k: int) -> dict[str, Plan]:
-    u = np.linspace(0, 1, k)
-    return {"stock (leading)": Plan.teacher(sch, k),
-            "segment starts": Plan.full_at(sch, T, np.round(np.arange(k) * T / k)),
-            "even from the top": Plan.full_at(sch, T, np.round(u * (T - 1))),
-            "dense at low noise, p=1.5": Plan.full_at(sch, T, np.round((T - 1) * (1 - (1 - u) ** 1.5))),
-            "dense at high noise, p=1.5": Plan.full_at(sch, T, np.round((T - 1) * u ** 1.5))}
+def placements(sp: SearchSpace, k: int) -> dict[str, Plan]:
+    u, T = np.linspace(0, 1, k), sp.T
+
+    def at(positions) -> Plan:
+        return sp.decode(full_at(sp, np.round(positions)))
+
+    return {"stock (leading)": Plan.teacher(sp.scheduler, k),
+            "segment starts": at(np.arange(k) * T / k),
+            "even from the top": at(u * (T - 1)),
+            "dense at low noise, p=1.5": at((T - 1) * (1 - (1 - u) ** 1.5)),
+            "dense at high noise, p=1.5": at((T - 1) * u ** 1.5)}
 
 
-def refined(cand: CandidateEvaluator, k: int, evals: int) -> tuple[Plan, int]:
+def refined(cand: CandidateEvaluator, space: SearchSpace, k: int, evals: int) -> tuple[Plan, int]:
     """Stock spacing of ``k`` steps on the grid (the search's ``leading`` seed), refined on ``SCREEN`` images."""
     p = cand.loaded.problem
-    space = SearchSpace.build(p.scheduler, p.T, len(cand.loaded.branches), null_mode=p.null_mode, skip=True)
     teacher = cand.store.features(p.teacher_plan(), SCREEN)
 
     def evaluate(X) -> list[float]:
@@ -70,13 +73,14 @@ def run(images: int, ks: tuple[int, ...], evals: int) -> dict:
     cand = CandidateEvaluator.get(SearchConfig(images=SCREEN, overrides=Settings().problem_overrides()).validate())
     p = cand.loaded.problem
     teacher = cand.store.features(p.teacher_plan(), images)
+    space = SearchSpace.build(p.scheduler, p.T, len(cand.loaded.branches), null_mode=p.null_mode, skip=True)
     rows = []
     for k in ks:
-        plans = placements(p.scheduler, p.T, k)
+        plans = placements(space, k)
         spent = {}
         if evals and k in REFINED_KS:
             name = f"stock refined ({evals} evals @{SCREEN})"
-            plans[name], spent[name] = refined(cand, k, evals)
+            plans[name], spent[name] = refined(cand, space, k, evals)
         for name, plan in plans.items():
             r = score(MEASURES, cand.store.features(plan, images), teacher, cand.real)
             rows.append({"k": k, "placement": name, "full": plan.counts()["full"], "steps": plan.active_indices(),

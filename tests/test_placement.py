@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flexnas.plan.plan import Plan, StepKind
+from flexnas.plan.plan import StepKind
 from flexnas.plan.space import SearchSpace
 from flexnas.search.operators import full_at
 from flexnas.search.placement import MOVES, moves, placement, refine
@@ -21,8 +21,8 @@ def fulls(space: SearchSpace, x) -> list[int]:
     return space.decode(x).active_indices()
 
 
-def test_plan_full_at_places_full_steps_and_nothing_else():
-    plan = Plan.full_at(S, 10, [2, 5, 9])
+def test_full_at_places_full_steps_and_nothing_else():
+    plan = skip_space().decode(full_at(skip_space(), [2, 5, 9]))
     assert [s.kind for s in plan.steps] == [StepKind.FULL if i in (2, 5, 9) else StepKind.NULL for i in range(10)]
     assert plan.N == 10 and plan.counts() == {"full": 3, "partial": {}, "null": 7}
 

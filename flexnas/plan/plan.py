@@ -174,13 +174,6 @@ class Plan:
                            name=f"deepcache N={interval} b={branch}")
 
     @classmethod
-    def full_at(cls, scheduler: str, T: int, positions, null_mode: str = "drop") -> "Plan":
-        """FULL steps at base steps ``positions``, NULL elsewhere: one segment per base step (N = T), so the
-        steps may sit anywhere on the base schedule (``flexnas.search.placement`` moves them)."""
-        pos = {int(p) for p in positions}
-        return cls(scheduler, T, tuple(Segment(1 if i in pos else 0) for i in range(T)), null_mode)
-
-    @classmethod
     def step_reduction(cls, scheduler: str, T: int, steps: int, null_mode: str = "drop") -> "Plan":
         """Plain step reduction: ``steps`` FULL steps, evenly spread over the base schedule."""
         if steps < 1 or T % steps:

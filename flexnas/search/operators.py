@@ -16,7 +16,6 @@ from pymoo.core.sampling import Sampling
 from pymoo.core.variable import get
 
 from flexnas.metrics.macs import MacCounter
-from flexnas.plan.plan import Plan
 from flexnas.plan.space import SearchSpace
 
 
@@ -104,8 +103,11 @@ class FlexSampling(Sampling):
 
 
 def full_at(sp: SearchSpace, positions) -> np.ndarray:
-    """The genome of ``Plan.full_at``: FULL at base steps ``positions``, NULL elsewhere."""
-    return sp.encode(Plan.full_at(sp.scheduler, sp.T, positions, sp.null_mode))
+    """The genome of one segment per base step (N = T), FULL at ``positions``, NULL elsewhere: FULL steps
+    anywhere on the base schedule."""
+    k = np.zeros(sp.T, int)
+    k[np.asarray(positions, int)] = 1
+    return sp.join(sp.T, np.zeros(sp.T, int), k)
 
 
 def stock_spaced(sp: SearchSpace, k: int) -> np.ndarray:
