@@ -103,7 +103,7 @@ def render(out: dict) -> str:
 
     lines += [f"| {r['k']} | {r['placement']} | {cell(r, 'fid_to_real', '.3f')} | {cell(r, 'kid_to_real', '.0f')} | "
               f"{cell(r, 'paired', '.3f')} |" for r in out["rows"]]
-    fixed = [r for r in out["rows"] if not r["evals"]]
+    fixed = [r for r in out["rows"] if not r.get("evals")]
     stock_wins = [r["k"] for r in fixed if r["placement"] == "stock (leading)"
                   and r["paired"] == min(x["paired"] for x in fixed if x["k"] == r["k"])]
     lines += ["", f"Fidelity: of the fixed placements, stock spacing is the closest to the teacher at k = "
@@ -112,7 +112,7 @@ def render(out: dict) -> str:
     lines += [f"Refined from stock spacing at k = {r['k']} ({r['evals']} evaluations on {SCREEN} images): paired "
               f"{r['paired']:.3f} against stock's {stock[r['k']]['paired']:.3f}, FID to real {r['fid_to_real']:.3f} "
               f"against {stock[r['k']]['fid_to_real']:.3f}; base steps {r['steps']}."
-              for r in out["rows"] if r["evals"]]
+              for r in out["rows"] if r.get("evals")]
     return "\n".join(lines)
 
 

@@ -344,8 +344,12 @@ def test_placement_report_bolds_each_ks_best_and_names_where_stock_is_closest():
         return {"k": k, "placement": name, "full": k, "fid_to_real": fid, "kid_to_real": kid, "paired": paired}
 
     rows = [row(10, "stock (leading)", 8.3, 1788, 2.04), row(10, "segment starts", 8.9, 1900, 2.09),
-            row(20, "stock (leading)", 5.0, 1200, 1.88), row(20, "segment starts", 5.2, 1150, 1.80)]
+            row(20, "stock (leading)", 5.0, 1200, 1.88), row(20, "segment starts", 5.2, 1150, 1.80),
+            {**row(10, "stock refined (9 evals @64)", 8.0, 1700, 1.84), "evals": 9, "steps": [14, 24, 97]}]
     text = render({"images": 256, "rows": rows, "machine": "m"})
-    assert "| 10 | stock (leading) | **8.300** | **1788** | **2.040** |" in text
+    assert "| 10 | stock (leading) | 8.300 | 1788 | 2.040 |" in text
+    assert "| 10 | stock refined (9 evals @64) | **8.000** | **1700** | **1.840** |" in text
     assert "| 20 | segment starts | 5.200 | **1150** | **1.800** |" in text
-    assert "stock spacing is the closest to the teacher at k = 10;" in text
+    assert "of the fixed placements, stock spacing is the closest to the teacher at k = 10;" in text
+    assert ("Refined from stock spacing at k = 10 (9 evaluations on 64 images): paired 1.840 against stock's 2.040, "
+            "FID to real 8.000 against 8.300; base steps [14, 24, 97].") in text
