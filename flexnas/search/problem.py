@@ -102,3 +102,13 @@ class GenomeProblem(Problem):
         out["F"] = obj[:, None] if self.config.algorithm == "ga" else np.stack([obj, macs], axis=1)
         if self.n_ieq_constr:
             out["G"] = np.stack(self.config.constraints(macs), axis=1)
+
+    def front(self, pop) -> np.ndarray:
+        """Indices of ``pop``'s feasible, not diverged plans that are non-dominated in (objective, MACs ratio):
+        what promotion re-scores and placement refinement moves."""
+        from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+        keys = self.keys(pop.get("X"))
+        F = np.array([[self.score(k, r), r["macs_ratio"]] for k, r in zip(keys, self.records(keys))])
+        ok = np.flatnonzero((pop.get("CV")[:, 0] <= 0) & (F[:, 0] < INF_SCORE))
+        return ok[NonDominatedSorting().do(F[ok], only_non_dominated_front=True)] if len(ok) else ok

@@ -15,10 +15,7 @@ import math
 
 import numpy as np
 from pymoo.core.callback import Callback
-from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
-
 from flexnas.search.candidates import CandidateEvaluator
-from flexnas.search.problem import INF_SCORE
 
 
 class Promotion(Callback):
@@ -34,14 +31,13 @@ class Promotion(Callback):
         problem, pop = algorithm.problem, algorithm.pop
         obj, keys = problem.config.objective, problem.keys(pop.get("X"))
         recs = problem.records(keys)  # known, unless a resume lost them from evaluations.jsonl
-        F = np.array([[problem.score(k, r), r["macs_ratio"]] for k, r in zip(keys, recs)])
-        ok = np.flatnonzero((pop.get("CV")[:, 0] <= 0) & (F[:, 0] < INF_SCORE))  # feasible, not diverged
-        if not len(ok):
+        front = problem.front(pop)
+        if not len(front):
             return
         cand = CandidateEvaluator.get(problem.config)
         screen = cand.evaluator.n
         hi = {}
-        for i in ok[NonDominatedSorting().do(F[ok], only_non_dominated_front=True)]:
+        for i in front:
             plan = problem.space.decode(pop[i].X)
             h = cand.evaluate(plan, n=self.images, measures=[obj])
             if h["calls"]:  # newly sampled: the images beyond the screening ones
