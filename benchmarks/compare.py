@@ -222,7 +222,8 @@ def check_same_search(cfg: SearchConfig, run_dir: Path) -> None:
         saved = None
     mine = json.loads(json.dumps(asdict(cfg), default=str))  # None: the run fills it in (e.g. rescore_images)
     diff = ["run.json"] if saved is None else \
-        [k for k, v in mine.items() if k != "gens" and v is not None and saved.get(k) != v]
+        [k for k, v in mine.items()
+         if k != "gens" and v is not None and saved.get(k, getattr(SearchConfig(), k)) != v]  # older: defaults
     if diff:
         raise FlexnasError(f"{run_dir} holds a search with other settings ({', '.join(diff)}): move "
                            "it away to search again (the feature store keeps its evaluations)")

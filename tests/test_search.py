@@ -671,18 +671,19 @@ def test_promoted_ga_keeps_its_best_by_the_promoted_score(tmp_path):
 
 
 def test_placement_refinement_moves_the_fronts_full_steps_at_equal_speed(tmp_path):
-    """--refine-evals 24 (skip space): the generations are the unrefined run's (same seed); then at most 24
-    evaluations more, each of a FULL-step plan with as many FULL steps as one on the last population's front;
-    every plan of the unrefined front is matched or dominated by the refined front."""
+    """--refine-evals 200 (skip space): the generations are the unrefined run's (same seed); then evaluations
+    more (the tiny model's plans reach a local optimum long before 200), each of a FULL-step plan with as many
+    FULL steps as one on the unrefined front; every plan of that front is matched or dominated by the refined
+    front, whose FULL-step plans no move improves."""
     runs = {}
-    for name, extra in (("plain", ()), ("refined", ("--refine-evals", "24"))):
+    for name, extra in (("plain", ()), ("refined", ("--refine-evals", "200"))):
         out = tmp_path / name
         argv = [a for a in search_argv(out, "--objective", "paired", "--pop", "6", *extra) if a != "--paper-space"]
         assert cli(argv) == 0
         runs[name] = out
     plain, refined = ({r["key"]: r for r in evaluations_of(runs[n])} for n in ("plain", "refined"))
-    assert set(plain) < set(refined) and len(refined) - len(plain) <= 24
-    counts = {Plan.from_dict(r["plan"]).counts()["full"] for r in plain.values()
+    assert set(plain) < set(refined) and len(refined) - len(plain) < 200
+    counts = {Plan.from_dict(r["plan"]).counts()["full"] for r in json.loads((runs["plain"] / "front.json").read_text())
               if not Plan.from_dict(r["plan"]).counts()["partial"]}
     for key in set(refined) - set(plain):
         plan = Plan.from_dict(refined[key]["plan"])
@@ -691,11 +692,9 @@ def test_placement_refinement_moves_the_fronts_full_steps_at_equal_speed(tmp_pat
               for n in runs}
     for q, m in fronts["plain"]:
         assert any(q2 <= q and m2 <= m for q2, m2 in fronts["refined"])
-    # the budget was not spent out, so every FULL-step front plan is a local optimum: no move scores lower
     from flexnas.search.placement import moves, placement
 
     problem = load_checkpoint(runs["refined"] / "checkpoint.pkl").problem
-    assert len(refined) - len(plain) < 24
     front = json.loads((runs["refined"] / "front.json").read_text())
     checked = 0
     for r in front:
@@ -705,7 +704,7 @@ def test_placement_refinement_moves_the_fronts_full_steps_at_equal_speed(tmp_pat
             assert all(refined[k]["paired"] >= r["paired"] for k in near)
             checked += len(near)
     assert checked
-    assert json.loads((runs["refined"] / "run.json").read_text())["config"]["refine_evals"] == 24
+    assert json.loads((runs["refined"] / "run.json").read_text())["config"]["refine_evals"] == 200
 
 
 def test_promoted_run_resumes_to_the_uninterrupted_front(tmp_path):

@@ -26,30 +26,24 @@ MOVES = (-1, 1, -2, 2, -4, 4)  # base steps a FULL step may move by, in one eval
 
 def placement(space: SearchSpace, x: np.ndarray) -> np.ndarray | None:
     """The genome of one segment per base step with the plan of ``x`` (``full_at`` its FULL steps), where that
-    plan has FULL and NULL steps only and the space lets any base step be skipped; else None. Only such
-    genomes have steps that can move."""
+    plan has FULL and NULL steps only, the space lets any base step be skipped (not ``--paper-space``, not
+    null mode "reuse", T among the segment counts) and some step can move; else None."""
     _, _, k = space.split(x)
     if np.any(k > 1) or space.T not in space.Ns or space.k_low(space.T).any():
         return None
-    return full_at(space, space.decode(x).active_indices())
+    y = full_at(space, space.decode(x).active_indices())
+    return y if any(moves(space, y, i) for i in range(int(space.split(y)[2].sum()))) else None
 
 
 def moves(space: SearchSpace, x: np.ndarray, i: int) -> list[np.ndarray]:
     """Genomes with the ``i``-th FULL step of ``x`` moved by each of ``MOVES``: the steps keep their order,
-    and no step crosses ``space.start`` (before it an image-to-image run executes nothing, so a move
-    across it would change the plan's cost)."""
-    _, _, k = space.split(x)
-    pos = np.flatnonzero(k)
-    lo = pos[i - 1] + 1 if i else 0
+    and none moves before or from before ``space.start`` (an image-to-image run executes nothing there: such
+    a move would change the plan's cost, or nothing)."""
+    pos = np.flatnonzero(space.split(x)[2])
+    lo = max(pos[i - 1] + 1 if i else 0, space.start)
     hi = pos[i + 1] - 1 if i + 1 < len(pos) else space.T - 1
-    out = []
-    for d in MOVES:
-        q = pos[i] + d
-        if lo <= q <= hi and (q >= space.start) == (pos[i] >= space.start):
-            k2 = k.copy()
-            k2[pos[i]], k2[q] = 0, 1
-            out.append(space.join(space.T, np.zeros(space.T, int), k2))
-    return out
+    return [full_at(space, np.where(np.arange(len(pos)) == i, pos[i] + d, pos))
+            for d in MOVES if pos[i] >= space.start and lo <= pos[i] + d <= hi]
 
 
 def refine(space: SearchSpace, evaluate: Callable[[list[np.ndarray]], np.ndarray], x: np.ndarray, score: float,
@@ -81,9 +75,11 @@ def refine(space: SearchSpace, evaluate: Callable[[list[np.ndarray]], np.ndarray
 
 
 class PlacementRefinement(Callback):
-    """A pymoo callback: after the last generation, ``refine`` the population's non-dominated, feasible,
-    refinable plans (fastest first, an equal share of ``evals`` each, through the algorithm's evaluator)
-    and let the algorithm's survival take the refined plans in."""
+    """A pymoo callback: after the last generation, ``refine`` the population's non-dominated, feasible plans
+    that have a ``placement`` (fastest first, an equal share of ``evals`` each, through the algorithm's
+    evaluator) and let the algorithm's survival take the improved plans in. Scores compare on the screening
+    images: a promoted parent starts from its screening score, and refined plans are not promoted. A run
+    resumed with more ``--gens`` refines again after its new last generation."""
 
     def __init__(self, evals: int):
         super().__init__()
@@ -101,16 +97,15 @@ class PlacementRefinement(Callback):
             seen.update((tuple(ind.X), ind) for ind in new)
             return new.get("F")[:, 0]
 
-        keys = problem.keys(pop.get("X"))
-        recs = problem.records(keys)
+        recs = problem.records(problem.keys(pop.get("X")))
         start = {i: x for i in problem.front(pop) if (x := placement(problem.space, pop[i].X)) is not None}
         todo = sorted(start, key=lambda i: recs[i]["macs_ratio"])
         left, out = self.evals, {}
-        for j, i in enumerate(todo):  # the plan of start[i] is pop[i]'s: its objective is known
-            x, _, spent = refine(problem.space, evaluate, start[i], problem.score(keys[i], recs[i]),
-                                 left // (len(todo) - j))
+        for j, i in enumerate(todo):  # the plan of start[i] is pop[i]'s: its screening score is known
+            s0 = recs[i][problem.config.objective]
+            x, s, spent = refine(problem.space, evaluate, start[i], s0, left // (len(todo) - j))
             left -= spent
-            if tuple(x) in seen:
+            if s < s0:
                 out[tuple(x)] = seen[tuple(x)]
         if out:
             algorithm.pop = algorithm.survival.do(problem, Population.merge(pop, Population.create(*out.values())),
