@@ -57,12 +57,11 @@ def placements(sp: SearchSpace, k: int) -> dict[str, Plan]:
 
 
 def refined(cand: CandidateEvaluator, space: SearchSpace, k: int, evals: int) -> tuple[Plan, int]:
-    """Stock spacing of ``k`` steps on the grid (the search's ``leading`` seed), refined on ``SCREEN`` images."""
-    p = cand.loaded.problem
-    teacher = cand.store.features(p.teacher_plan(), SCREEN)
+    """Stock spacing of ``k`` steps on the grid (the search's ``leading`` seed), refined on ``SCREEN`` images
+    as a search scores its candidates."""
 
     def evaluate(X) -> list[float]:
-        return [score(("paired",), cand.store.features(space.decode(x), SCREEN), teacher, None)["paired"] for x in X]
+        return [r["paired"] for r in cand.evaluate_many([space.decode(x) for x in X], SCREEN)]
 
     x = stock_spaced(space, k)
     x, _, spent = refine(space, evaluate, x, evaluate([x])[0], evals)
@@ -79,7 +78,7 @@ def run(images: int, ks: tuple[int, ...], evals: int) -> dict:
         plans = placements(space, k)
         spent = {}
         if evals and k in REFINED_KS:
-            name = f"stock refined ({evals} evals @{SCREEN})"
+            name = f"stock refined (budget {evals} @{SCREEN})"
             plans[name], spent[name] = refined(cand, space, k, evals)
         for name, plan in plans.items():
             r = score(MEASURES, cand.store.features(plan, images), teacher, cand.real)
@@ -109,7 +108,8 @@ def render(out: dict) -> str:
     lines += ["", f"Fidelity: of the fixed placements, stock spacing is the closest to the teacher at k = "
               f"{', '.join(map(str, stock_wins)) or 'none'}; a grid placement elsewhere."]
     stock = {r["k"]: r for r in fixed if r["placement"] == "stock (leading)"}
-    lines += [f"Refined from stock spacing at k = {r['k']} ({r['evals']} evaluations on {SCREEN} images): paired "
+    lines += [f"Refined from stock spacing rounded to the base grid at k = {r['k']} ({r['evals']} evaluations on the "
+              f"first {SCREEN} of these images): paired "
               f"{r['paired']:.3f} against stock's {stock[r['k']]['paired']:.3f}, FID to real {r['fid_to_real']:.3f} "
               f"against {stock[r['k']]['fid_to_real']:.3f}; base steps {r['steps']}."
               for r in out["rows"] if r.get("evals")]

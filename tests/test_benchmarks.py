@@ -351,5 +351,6 @@ def test_placement_report_bolds_each_ks_best_and_names_where_stock_is_closest():
     assert "| 10 | stock refined (9 evals @64) | **8.000** | **1700** | **1.840** |" in text
     assert "| 20 | segment starts | 5.200 | **1150** | **1.800** |" in text
     assert "of the fixed placements, stock spacing is the closest to the teacher at k = 10;" in text
-    assert ("Refined from stock spacing at k = 10 (9 evaluations on 64 images): paired 1.840 against stock's 2.040, "
+    assert ("Refined from stock spacing rounded to the base grid at k = 10 (9 evaluations on the first 64 of these "
+            "images): paired 1.840 against stock's 2.040, "
             "FID to real 8.000 against 8.300; base steps [14, 24, 97].") in text
