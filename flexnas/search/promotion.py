@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 from pymoo.core.callback import Callback
+
 from flexnas.search.candidates import CandidateEvaluator
 
 
