@@ -674,17 +674,19 @@ def test_placement_refinement_moves_the_fronts_full_steps_at_equal_speed(tmp_pat
     """--refine-evals 200 (skip space): the generations are the unrefined run's (same seed); then evaluations
     more (the tiny model's plans reach a local optimum long before 200), each of a FULL-step plan with as many
     FULL steps as one on the unrefined front; every plan of that front is matched or dominated by the refined
-    front, whose FULL-step plans no move improves."""
+    front, whose FULL-step plans no move improves. With 3 evaluations, all go to the fastest such plan."""
     runs = {}
-    for name, extra in (("plain", ()), ("refined", ("--refine-evals", "200"))):
+    for name, extra in (("plain", ()), ("thin", ("--refine-evals", "3")), ("refined", ("--refine-evals", "200"))):
         out = tmp_path / name
-        argv = [a for a in search_argv(out, "--objective", "paired", "--pop", "6", *extra) if a != "--paper-space"]
+        argv = [a for a in search_argv(out, "--objective", "paired", "--pop", "8", *extra) if a != "--paper-space"]
         assert cli(argv) == 0
         runs[name] = out
-    plain, refined = ({r["key"]: r for r in evaluations_of(runs[n])} for n in ("plain", "refined"))
+    plain, thin, refined = ({r["key"]: r for r in evaluations_of(runs[n])} for n in ("plain", "thin", "refined"))
     assert set(plain) < set(refined) and len(refined) - len(plain) < 200
     counts = {Plan.from_dict(r["plan"]).counts()["full"] for r in json.loads((runs["plain"] / "front.json").read_text())
               if not Plan.from_dict(r["plan"]).counts()["partial"]}
+    assert 0 < len(thin) - len(plain) <= 3  # the fastest refinable plan has 1 FULL step; equal shares: 0 each
+    assert {Plan.from_dict(thin[k]["plan"]).counts()["full"] for k in set(thin) - set(plain)} == {1} < counts
     for key in set(refined) - set(plain):
         plan = Plan.from_dict(refined[key]["plan"])
         assert plan.N == plan.T and not plan.counts()["partial"] and plan.counts()["full"] in counts
