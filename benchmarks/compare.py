@@ -59,11 +59,11 @@ class Settings:
     ga_seeds: tuple[int, ...] = (0, 1)
     ga_budget: float = 0.15
     paper_space_seeds: tuple[int, ...] = (0,)
-    refine_evals: int = 120  # fidelity searches (GA and NSGA-II alike): ``--refine-evals``, moving the front's
+    refine_evals: int = 240  # fidelity searches (GA and NSGA-II alike): ``--refine-evals``, moving the front's
     # FULL steps after the last generation (stock DDIM-10's steps refined by hand: 2.144 -> 1.835 on 256 images)
-    front_mid: int = 4  # front plans per search re-scored on mid_images
-    front_hi: int = 3  # of those, the fewest that beat the most baselines, re-scored on hi_images (GA: 1); at 2
-    # a 2.87x plan that beat DeepCache N=4 at branch 0 on 256 images lost its slot at 058bd21
+    front_mid: int = 6  # front plans per search re-scored on mid_images
+    front_hi: int = 5  # of those, the fewest that beat the most baselines, re-scored on hi_images (GA: 1); at 3
+    # a refined 5-FULL plan that beat DDIM-5 on 256 images lost its slot at 1906a54 (at 2: a 2.87x plan, 058bd21)
     wall_images: int = 16
     wall_repeats: int = 5  # timing rounds (``Evaluator.wall_ratios``)
 

@@ -46,12 +46,13 @@ def test_no_move_reaches_before_the_start_of_an_image_to_image_window():
     assert moves(sp, x, 0) == []
 
 
-def test_placement_is_the_same_plan_one_segment_per_base_step():
+def test_placement_is_the_plans_full_steps_one_segment_per_base_step():
     sp = skip_space()
     x = sp.join(5, np.zeros(5, int), np.array([1, 0, 1, 1, 0]))  # N=5: FULL at base steps 0, 4, 6
     y = placement(sp, x)
     assert sp.split(y)[0] == 10 and sp.decode(y).steps == sp.decode(x).steps
-    assert placement(sp, sp.join(5, np.ones(5, int), np.array([2, 0, 1, 1, 0]))) is None  # a PARTIAL step
+    z = placement(sp, sp.join(5, np.ones(5, int), np.array([2, 0, 1, 1, 0])))  # F p1 . . F . F . . .
+    assert sp.decode(z).strip() == "F . . . F . F . . ."  # its PARTIAL step dropped: a faster plan
     assert placement(SearchSpace.build(S, 10, 2, skip=False), sp.join(10, np.zeros(10, int), np.ones(10, int))) is None
     assert placement(skip_space(null_mode="reuse"), x) is None  # the first base step cannot be skipped there
     assert placement(sp, sp.join(10, np.zeros(10, int), np.ones(10, int))) is None  # the teacher: nothing can move

@@ -1,13 +1,15 @@
-"""Placement refinement: the steps of the search's FULL-step plans moved along the base schedule.
+"""Placement refinement: the FULL steps of the search's front plans moved along the base schedule.
 
 Where k FULL steps sit decides how close k U-Net calls come to the teacher, and stock spacing is
 far from the best there is: on the embedded model, moving stock DDIM-10's steps one at a time while
 the paired distance on 64 images fell brought it from 2.144 to 1.835 on 256 images, closer than
 stock DDIM-16 (a hand check, README "Search options"). The evolutionary operators redraw whole
 segments, which changes a plan's step count and so its speed; a move keeps both, so it is searched
-apart, as a local search after the last generation (a memetic step): each refined plan joins the
-population, and the algorithm's own survival keeps it, since it dominates its parent (equal MACs,
-lower objective). docs/DESIGN.md, section 6.
+apart, as a local search after the last generation (a memetic step). It starts from each front
+plan's FULL steps alone (its PARTIAL steps dropped: the same plan where it has none, else a faster
+one), and a refined plan joins the population when it beats its start: pymoo's survival then keeps
+it if nothing dominates it (a refined FULL-only front plan dominates its parent: equal MACs, lower
+objective). docs/DESIGN.md, section 6.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from pymoo.core.callback import Callback
 from pymoo.core.population import Population
 
+from flexnas.plan.plan import StepKind
 from flexnas.plan.space import SearchSpace
 from flexnas.search.operators import full_at
 
@@ -25,13 +28,12 @@ MOVES = (-1, 1, -2, 2, -4, 4)  # base steps a FULL step may move by, in one eval
 
 
 def placement(space: SearchSpace, x: np.ndarray) -> np.ndarray | None:
-    """The genome of one segment per base step with the plan of ``x`` (``full_at`` its FULL steps), where that
-    plan has FULL and NULL steps only, the space lets any base step be skipped (not ``--paper-space``, not
-    null mode "reuse", T among the segment counts) and some step can move; else None."""
-    _, _, k = space.split(x)
-    if np.any(k > 1) or space.T not in space.Ns or space.k_low(space.T).any():
+    """The genome of one segment per base step with FULL steps where the plan of ``x`` has its FULL steps, and
+    no other active step (``full_at``), where the space lets any base step be skipped (not ``--paper-space``,
+    not null mode "reuse", T among the segment counts) and some step can move; else None."""
+    if space.T not in space.Ns or space.k_low(space.T).any():
         return None
-    y = full_at(space, space.decode(x).active_indices())
+    y = full_at(space, [i for i, st in enumerate(space.decode(x).steps) if st.kind is StepKind.FULL])
     return y if any(moves(space, y, i) for i in range(int(space.split(y)[2].sum()))) else None
 
 
@@ -84,14 +86,14 @@ def refine(space: SearchSpace, evaluate: Callable[[list[np.ndarray]], np.ndarray
 
 
 class PlacementRefinement(Callback):
-    """A pymoo callback: after the last generation, the population's non-dominated, feasible plans that have a
-    ``placement`` are refined in rounds, one ``sweep`` per plan and round, the fastest plan first, while
-    steps still move and ``evals`` last (through the algorithm's evaluator); the algorithm's survival takes
-    the improved plans in. Rounds rather than an equal share each: a sweep from the end of the schedule
-    that is cut short moves only the last steps, and the fast plans, which step reduction is hardest to
-    beat at, come first. Scores compare on the screening
-    images: a promoted parent starts from its screening score, and refined plans are not promoted. A run
-    resumed with more ``--gens`` refines again after its new last generation."""
+    """A pymoo callback: after the last generation, the ``placement`` of each of the population's non-dominated,
+    feasible plans, where it is feasible too, is refined in rounds, one ``sweep`` per plan and round, the
+    fastest plan first, while steps still move and ``evals`` last (through the algorithm's evaluator; starts
+    that were never evaluated count); the algorithm's survival takes in the plans that beat their start.
+    Rounds rather than an equal share each: a sweep from the end of the schedule that is cut short moves
+    only the last steps, and the fast plans, which step reduction is hardest to beat at, come first. Scores
+    compare on the screening images: a promoted start counts with its screening score, and refined plans
+    are not promoted. A run resumed with more ``--gens`` refines again after its new last generation."""
 
     def __init__(self, evals: int):
         super().__init__()
@@ -103,24 +105,32 @@ class PlacementRefinement(Callback):
             return
         seen = {}
 
-        def evaluate(X: list[np.ndarray]) -> np.ndarray:
+        def evaluate(X: list[np.ndarray]) -> Population:
             new = Population.new(X=np.array(X))
             algorithm.evaluator.eval(problem, new, algorithm=algorithm)
             seen.update((tuple(ind.X), ind) for ind in new)
-            return new.get("F")[:, 0]
+            return new
 
-        recs = problem.records(problem.keys(pop.get("X")))
-        s0 = {i: recs[i][problem.config.objective] for i in problem.front(pop)}  # pop[i]'s screening score
-        best = {i: (x, s0[i]) for i in s0 if (x := placement(problem.space, pop[i].X)) is not None}
-        todo, left = sorted(best, key=lambda i: recs[i]["macs_ratio"]), self.evals
-        while todo and left > 0:  # rounds: one sweep per plan still moving, the fastest first
+        starts = {tuple(x): x for i in problem.front(pop) if (x := placement(problem.space, pop[i].X)) is not None}
+        starts = sorted(starts.values(), key=lambda x: problem.space.split(x)[2].sum())  # the fastest first
+        s0, best, todo, left = {}, {}, list(range(len(starts))), self.evals
+        while todo and left > 0:  # rounds: one sweep per plan still moving
             moved = []
-            for i in todo:
-                x, s, spent, changed = sweep(problem.space, evaluate, *best[i], left)
-                best[i], left = (x, s), left - spent
-                moved += [i] if changed else []
+            for j in todo:
+                if left <= 0:
+                    break
+                if j not in best:  # its first round: the start's score (a start never evaluated costs one)
+                    key = problem.keys([starts[j]])[0]
+                    left -= key not in problem.cache.records
+                    if evaluate([starts[j]])[0].CV[0] > 0:
+                        continue
+                    s0[j] = problem.records([key])[0][problem.config.objective]
+                    best[j] = (starts[j], s0[j])
+                x, s, spent, changed = sweep(problem.space, lambda X: evaluate(X).get("F")[:, 0], *best[j], left)
+                best[j], left = (x, s), left - spent
+                moved += [j] if changed else []
             todo = moved
-        out = {tuple(x): seen[tuple(x)] for i, (x, s) in best.items() if s < s0[i]}
+        out = {tuple(x): seen[tuple(x)] for j, (x, s) in best.items() if s < s0[j]}
         if out:
             algorithm.pop = algorithm.survival.do(problem, Population.merge(pop, Population.create(*out.values())),
                                                   n_survive=len(pop), algorithm=algorithm,
