@@ -229,7 +229,9 @@ def test_fitted_speedups_recover_step_costs_and_outvote_one_plans_noise():
     plans = [Plan.teacher(sch, k) for k in (5, 10, 20, 25)]
     plans += [Plan.deepcache(sch, 100, k, b) for k in (4, 5, 10) for b in range(br)]
     plans += [Plan.step_reduction(sch, 100, k) for k in (10, 20)]
+    plans += [Plan.step_reduction(sch, 100, k, "reuse") for k in (5, 10)]  # NULL steps run: a scheduler step
     cost = np.array([0.004, 0.0098, 0.003, 0.005, 0.0001])  # constant, FULL, PARTIAL b0, b1, NULL
+    assert step_kinds(plans[-1], br)[-1] == 90 and step_kinds(plans[-3], br)[-1] == 0  # dropped NULL steps: free
     true = [float(step_kinds(p, br) @ cost) for p in plans]
     exact = [[t] * 3 for t in true]
     speed, fit = fitted_speedups(plans, exact, br)
